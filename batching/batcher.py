@@ -1,0 +1,439 @@
+"""The async micro-batcher: many jobs' items in one queue, one loop cutting them into batches.
+
+Two coroutines share the work. The *former* waits for items, cuts the next batch with the pure
+policy and collates it in a collate thread; the *executor* runs batches in one dedicated model
+thread and fans results out to the jobs. They meet on a channel of size zero, so batch N+1 is
+cut and collated while batch N computes, and no later.
+
+A job is a list of items (payload + cost). ``submit`` returns when every item has a result, or
+raises the job's error. A job that is cancelled, expires or fails loses its queued items before
+compute; results for items already computing are ignored, never set twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from batching.errors import (
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    Overloaded,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+from batching.policy import BatchPolicy, holds_full_batch, padded_length, select_batch
+from batching.stats import BatchStats, EngineStats
+
+P = TypeVar("P")
+C = TypeVar("C")
+R = TypeVar("R")
+
+log = structlog.get_logger("batching")
+
+_RECOVER_AFTER_BATCHES = 64
+"""Successful batches at a shrunk token budget before it is doubled back towards the policy's."""
+
+
+class Runner(Protocol[P, C, R]):
+    """What the batcher drives: collate a batch's payloads, then run it (in one thread)."""
+
+    def collate(self, payloads: Sequence[P]) -> C: ...
+
+    def run(self, batch: C) -> Sequence[R]: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    results: list[Any]
+    remaining: int
+    deadline: float
+    queued_items: int
+    queued_tokens: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: ServiceError | None = None
+    finished: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    job: _Job
+    index: int
+    payload: Any
+    cost: int
+    enqueued_at: float
+
+
+@dataclass(slots=True)
+class _Prepared:
+    entries: list[_Entry]
+    collated: Any | None
+    """None when collating failed: the executor bisects to find the item at fault."""
+    collate_s: float
+
+
+class _DedicatedThread:
+    """One long-lived thread: model work stays on the thread that warmed it up."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Batcher(Generic[P, C, R]):
+    """Merge the items of concurrent jobs into shared batches for one runner.
+
+    Use as ``async with Batcher(runner, policy) as batcher: await batcher.submit(...)``.
+    ``on_batch`` is called on the event loop once per batch that ran (logs and metrics).
+    """
+
+    def __init__(
+        self,
+        runner: Runner[P, C, R],
+        policy: BatchPolicy,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._runner = runner
+        self.policy = policy
+        self._on_batch = on_batch
+        self.stats = EngineStats()
+        self._queue: deque[_Entry] = deque()
+        self._queued_items = 0
+        self._queued_tokens = 0
+        self._jobs: set[_Job] = set()
+        self._budget_tokens = policy.max_batch_tokens
+        self._batches_since_shrink = 0
+        self._runner_busy = False
+        self._last_batch_end: float | None = None
+        self._changed = anyio.Event()
+        self._open = False
+        self._stack: AsyncExitStack | None = None
+
+    # ---- public surface -------------------------------------------------------------------
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    @property
+    def inflight_jobs(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def budget_tokens(self) -> int:
+        """The token budget in force: the policy's, or less after the runner ran out of memory."""
+        return self._budget_tokens
+
+    async def __aenter__(self) -> Batcher[P, C, R]:
+        self._stack = AsyncExitStack()
+        await self._stack.enter_async_context(self._running())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        assert self._stack is not None
+        return await self._stack.__aexit__(*exc_info)
+
+    async def submit(
+        self, payloads: Sequence[P], costs: Sequence[int], *, timeout_s: float | None = None
+    ) -> list[R]:
+        """Queue one job's items and wait for all their results, in the order given.
+
+        Raises ``Overloaded`` at once when the queue is full, ``DeadlineExceeded`` after
+        ``timeout_s``, ``InferenceFailed`` when the runner raised on one of its items, and
+        re-raises cancellation after dropping the job's queued items.
+        """
+        if not self._open:
+            raise Unavailable("the batcher is not running")
+        if len(payloads) != len(costs):
+            raise ValueError(f"{len(payloads)} payloads but {len(costs)} costs")
+        if not payloads:
+            return []
+        tokens = sum(costs)
+        self._admit(len(costs), tokens)
+
+        now = anyio.current_time()
+        deadline = math.inf if timeout_s is None else now + timeout_s
+        job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), tokens)
+        self._queue.extend(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
+        self._queued_items += len(payloads)
+        self._queued_tokens += tokens
+        self._jobs.add(job)
+        self.stats.jobs_submitted += 1
+        self._notify()
+        try:
+            with anyio.move_on_after(deadline - now) as waiting:
+                await job.done.wait()
+            if waiting.cancelled_caught:
+                self._finish(job, DeadlineExceeded(f"no result within {timeout_s:g} s"))
+        except BaseException:
+            self._finish(job, None)  # cancelled: drop what is still queued, then propagate
+            raise
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+    # ---- admission and job bookkeeping ---------------------------------------------------------
+
+    def _admit(self, items: int, tokens: int) -> None:
+        policy = self.policy
+        if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
+            raise InvalidInput(
+                f"job has {items} items and {tokens} tokens; the queue holds at most "
+                f"{policy.max_queue_items} items and {policy.max_queue_tokens} tokens"
+            )
+        if (self._queued_items + items > policy.max_queue_items
+                or self._queued_tokens + tokens > policy.max_queue_tokens):
+            self.stats.jobs_rejected += 1
+            raise Overloaded(
+                f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued); "
+                "retry shortly",
+                retry_after_s=1.0,
+            )
+
+    def _finish(self, job: _Job, error: ServiceError | None) -> None:
+        """End a job once: set its error (None: it completed or its caller left) and wake it."""
+        if job.finished:
+            return
+        job.finished = True
+        job.error = error
+        if job.queued_items:
+            self.stats.items_dropped += job.queued_items
+            self._queued_items -= job.queued_items
+            self._queued_tokens -= job.queued_tokens
+            job.queued_items = job.queued_tokens = 0
+        self._jobs.discard(job)
+        job.done.set()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _running(self):  # type: ignore[no-untyped-def]
+        collate_thread = _DedicatedThread("nli-collate")
+        model_thread = _DedicatedThread("nli-model")
+        send, receive = anyio.create_memory_object_stream[_Prepared](0)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._form_batches, send, collate_thread)
+                tg.start_soon(self._run_batches, receive, model_thread)
+                self._open = True
+                try:
+                    yield self
+                finally:
+                    self._open = False
+                    for job in list(self._jobs):
+                        self._finish(job, Unavailable("the batcher shut down"))
+                    self._queue.clear()
+                    tg.cancel_scope.cancel()
+        finally:
+            collate_thread.close()
+            model_thread.close()
+
+    async def _form_batches(self, send: ObjectSendStream[_Prepared], thread: _DedicatedThread) -> None:
+        async with send:
+            while True:
+                await self._wait_until_worth_cutting()
+                entries = self._cut_batch()
+                if not entries:
+                    continue
+                prepared = await self._collate(entries, thread)
+                await send.send(prepared)
+                self._runner_busy = True  # the executor took it; cleared when it is done
+
+    async def _wait_until_worth_cutting(self) -> None:
+        """Return when a batch should be cut: at once if the runner is idle, else when a full
+        batch is queued or the oldest item has waited ``max_wait_ms``."""
+        while True:
+            changed = self._changed
+            if not self._queued_items:
+                await changed.wait()
+                continue
+            if not self._runner_busy or holds_full_batch(
+                self._queued_items, self._queued_tokens, self.policy, self._budget_tokens
+            ):
+                return
+            wait_s = self._queue[0].enqueued_at + self.policy.max_wait_ms / 1000 - anyio.current_time()
+            if wait_s <= 0:
+                return
+            with anyio.move_on_after(wait_s):
+                await changed.wait()
+
+    def _cut_batch(self) -> list[_Entry]:
+        """Take the next batch out of the queue's oldest window; drop dead items on the way."""
+        now = anyio.current_time()
+        window: list[_Entry] = []
+        while self._queue and len(window) < self.policy.window_items:
+            entry = self._queue.popleft()
+            if entry.job.finished:
+                continue
+            if entry.job.deadline <= now:
+                self._finish(entry.job, DeadlineExceeded("expired while queued"))
+                continue
+            window.append(entry)
+        chosen = select_batch(
+            [e.cost for e in window],
+            max_tokens=self._budget_tokens,
+            max_items=self.policy.max_batch_items,
+            window=len(window),
+            multiple=self.policy.length_multiple,
+        )
+        picked = set(chosen)
+        self._queue.extendleft(reversed([e for i, e in enumerate(window) if i not in picked]))
+        batch = [window[i] for i in chosen]
+        for entry in batch:
+            entry.job.queued_items -= 1
+            entry.job.queued_tokens -= entry.cost
+            self._queued_items -= 1
+            self._queued_tokens -= entry.cost
+        return batch
+
+    async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
+        started = anyio.current_time()
+        try:
+            collated = await thread.run(self._runner.collate, [e.payload for e in entries])
+        except Exception:
+            log.exception("collate_failed", items=len(entries))
+            collated = None
+        return _Prepared(entries, collated, anyio.current_time() - started)
+
+    async def _run_batches(self, receive: ObjectReceiveStream[_Prepared], thread: _DedicatedThread) -> None:
+        async with receive:
+            async for prepared in receive:
+                try:
+                    await self._execute(prepared, thread)
+                finally:
+                    self._runner_busy = False
+                    self._last_batch_end = anyio.current_time()
+                    self._notify()
+
+    async def _execute(self, prepared: _Prepared, thread: _DedicatedThread) -> None:
+        """Run one prepared batch: drop the dead, compute, fan out; bisect on failure."""
+        now = anyio.current_time()
+        live = []
+        for entry in prepared.entries:
+            if not entry.job.finished and entry.job.deadline <= now:
+                self._finish(entry.job, DeadlineExceeded("expired before compute"))
+            if entry.job.finished:
+                self.stats.items_dropped += 1
+            else:
+                live.append(entry)
+        if not live:
+            return
+        collated = prepared.collated if len(live) == len(prepared.entries) else None
+        await self._run_entries(live, collated, prepared.collate_s, thread)
+
+    async def _run_entries(
+        self, entries: list[_Entry], collated: Any | None, collate_s: float, thread: _DedicatedThread
+    ) -> None:
+        payloads = [e.payload for e in entries]
+        started = anyio.current_time()
+        try:
+            if collated is None:
+                collated = await thread.run(self._runner.collate, payloads)
+                collate_s = anyio.current_time() - started
+                started = anyio.current_time()
+            outputs = await thread.run(self._runner.run, collated)
+            if len(outputs) != len(entries):
+                raise RuntimeError(f"runner returned {len(outputs)} results for {len(entries)} items")
+        except ResourceExhausted as err:
+            self._shrink_budget()
+            await self._retry_in_halves(entries, err, thread)
+            return
+        except Exception as err:
+            await self._retry_in_halves(entries, err, thread)
+            return
+        ended = anyio.current_time()
+        self._fan_out(entries, outputs)
+        self._record(entries, started, ended, collate_s)
+
+    async def _retry_in_halves(self, entries: list[_Entry], err: Exception, thread: _DedicatedThread) -> None:
+        """Find the item at fault: split and re-run; an item that fails alone fails its job."""
+        if len(entries) == 1:
+            self.stats.items_failed += 1
+            log.error("item_failed", error=repr(err), exc_info=err)
+            failure = InferenceFailed(f"the model failed on this job's input: {type(err).__name__}")
+            failure.__cause__ = err
+            self._finish(entries[0].job, failure)
+            return
+        self.stats.batch_splits += 1
+        log.warning("batch_failed_splitting", items=len(entries), error=repr(err))
+        middle = len(entries) // 2
+        for half in (entries[:middle], entries[middle:]):
+            alive = [e for e in half if not e.job.finished]
+            if alive:
+                await self._run_entries(alive, None, 0.0, thread)
+
+    def _shrink_budget(self) -> None:
+        floor = padded_length(1, self.policy.length_multiple)
+        self._budget_tokens = max(floor, self._budget_tokens // 2)
+        self._batches_since_shrink = 0
+        self.stats.budget_shrinks += 1
+        log.warning("budget_shrunk", max_batch_tokens=self._budget_tokens)
+
+    def _fan_out(self, entries: list[_Entry], outputs: Sequence[Any]) -> None:
+        for entry, output in zip(entries, outputs):
+            job = entry.job
+            if job.finished:
+                continue
+            job.results[entry.index] = output
+            job.remaining -= 1
+            if job.remaining == 0:
+                self._finish(job, None)
+
+    def _record(self, entries: list[_Entry], started: float, ended: float, collate_s: float) -> None:
+        costs = [e.cost for e in entries]
+        padded_len = padded_length(max(costs), self.policy.length_multiple)
+        first_queued = min(e.enqueued_at for e in entries)
+        idle_since = max(self._last_batch_end or first_queued, first_queued)
+        batch = BatchStats(
+            items=len(entries),
+            jobs=len({id(e.job) for e in entries}),
+            real_tokens=sum(costs),
+            padded_tokens=padded_len * len(entries),
+            padded_len=padded_len,
+            queue_wait_s=tuple(started - e.enqueued_at for e in entries),
+            collate_s=collate_s,
+            compute_s=ended - started,
+            idle_gap_s=max(0.0, started - idle_since),
+        )
+        self.stats.record(batch)
+        self._last_batch_end = ended
+        self._recover_budget()
+        if self._on_batch is not None:
+            try:
+                self._on_batch(batch)
+            except Exception:
+                log.exception("on_batch_hook_failed")
+
+    def _recover_budget(self) -> None:
+        if self._budget_tokens >= self.policy.max_batch_tokens:
+            return
+        self._batches_since_shrink += 1
+        if self._batches_since_shrink >= _RECOVER_AFTER_BATCHES:
+            self._budget_tokens = min(self.policy.max_batch_tokens, self._budget_tokens * 2)
+            self._batches_since_shrink = 0

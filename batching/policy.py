@@ -1,0 +1,105 @@
+"""The batch policy: pure functions over queued items' costs, so they can be tested on plain lists.
+
+An item's cost is its sequence length in tokens. A batch runs padded to its longest item, rounded
+up to a multiple of ``length_multiple`` (the shapes the model runner compiles and warms), so the
+budget is in *padded* tokens: ``n × padded_len ≤ max_batch_tokens``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchPolicy:
+    """The numbers that shape batches and bound the queue."""
+
+    max_batch_tokens: int = 16_384
+    """Padded tokens a batch may hold: n × padded_len."""
+    max_batch_items: int = 512
+    """Items (pairs) a batch may hold."""
+    window_items: int = 2_048
+    """How many of the oldest queued items the policy looks over when it cuts a batch."""
+    max_wait_ms: float = 5.0
+    """While the runner is busy, the longest a queued item waits before its batch is prepared."""
+    length_multiple: int = 8
+    """Padded lengths are multiples of this (the runner pads the same way)."""
+    max_queue_items: int = 50_000
+    """Admission: items queued across all jobs; past it, jobs are refused with ``overloaded``."""
+    max_queue_tokens: int = 2_000_000
+    """Admission: tokens queued across all jobs."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_batch_items", "window_items", "length_multiple",
+                     "max_queue_items", "max_queue_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must not be negative, got {self.max_wait_ms}")
+
+
+MIN_WHOLE_EFFICIENCY = 0.5
+"""Below this share of real tokens, a window that fits one batch is still split by length."""
+
+
+def padded_length(cost: int, multiple: int) -> int:
+    """The sequence length an item of ``cost`` tokens runs at."""
+    return -(-cost // multiple) * multiple
+
+
+def padded_tokens(costs: Sequence[int], multiple: int) -> int:
+    """Tokens a batch of these costs occupies once padded: n × padded longest."""
+    return len(costs) * padded_length(max(costs), multiple) if costs else 0
+
+
+def select_batch(
+    costs: Sequence[int],
+    *,
+    max_tokens: int,
+    max_items: int,
+    window: int,
+    multiple: int = 8,
+) -> list[int]:
+    """Choose the next batch from queued items in arrival order; returns their indices.
+
+    The oldest item (index 0) is always chosen: nothing starves. If the whole look-ahead window
+    fits the budget with at least ``MIN_WHOLE_EFFICIENCY`` of its padded tokens real, it is
+    taken whole: items held back would need a batch of their own. Otherwise the window is
+    sorted by cost and the batch is a contiguous run of that order holding the oldest item, so
+    batch-mates have similar lengths; among the runs that fit, the one with the most useful work
+    net of padding wins (score ``2 × real − padded``): an item joins only if it fills at least
+    half of its padded slot. An oldest item longer than the budget runs alone rather than never.
+    """
+    if not costs:
+        return []
+    size = min(len(costs), window)
+    whole = padded_tokens(costs[:size], multiple)
+    if size <= max_items and whole <= max_tokens and sum(costs[:size]) >= MIN_WHOLE_EFFICIENCY * whole:
+        return list(range(size))
+    order = sorted(range(size), key=costs.__getitem__)  # stable: index 0 leads its equals
+    sorted_costs = [costs[i] for i in order]
+    oldest = bisect_left(sorted_costs, costs[0])
+    prefix = list(accumulate(sorted_costs, initial=0))
+
+    best_range, best_score = (oldest, oldest), None
+    for hi in range(oldest, size):
+        padded = padded_length(sorted_costs[hi], multiple)
+        fit = max(1, min(max_items, max_tokens // padded))
+        lowest = hi - fit + 1
+        if lowest > oldest:
+            break  # longer items only fit fewer: no later run can hold the oldest
+        half_full = bisect_left(sorted_costs, (padded + 1) // 2, 0, oldest)
+        lo = max(lowest, half_full, 0)
+        score = 2 * (prefix[hi + 1] - prefix[lo]) - (hi - lo + 1) * padded
+        if best_score is None or score > best_score:
+            best_range, best_score = (lo, hi), score
+    lo, hi = best_range
+    return order[lo : hi + 1]
+
+
+def holds_full_batch(queued_items: int, queued_tokens: int, policy: BatchPolicy, max_tokens: int) -> bool:
+    """Whether enough is queued to fill a batch, so preparing it now loses nothing by waiting."""
+    return queued_items >= policy.max_batch_items or queued_tokens >= max_tokens

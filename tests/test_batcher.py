@@ -1,0 +1,339 @@
+"""The micro-batcher driven by a fake runner held on events: no sleeps, no timing assertions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from batching import (
+    Batcher,
+    BatchPolicy,
+    BatchStats,
+    DeadlineExceeded,
+    InferenceFailed,
+    InvalidInput,
+    Overloaded,
+    ResourceExhausted,
+    Unavailable,
+)
+
+HOLD_S = 10  # safety net only: a held runner is always released by the test
+
+
+class FakeRunner:
+    """Records batches; ``hold()`` parks the model thread inside ``run`` until ``release()``."""
+
+    def __init__(self, *, poison: str | None = None, oom_above: int | None = None) -> None:
+        self.poison = poison
+        self.oom_above = oom_above
+        self.batches: list[list[str]] = []
+        self.collated: list[list[str]] = []
+        self.started = threading.Event()
+        self.collate_seen = threading.Event()
+        self._gate = threading.Event()
+        self._gate.set()
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def collate(self, payloads: Sequence[str]) -> list[str]:
+        if "bad-collate" in payloads:
+            raise ValueError("cannot collate")
+        self.collated.append(list(payloads))
+        self.collate_seen.set()
+        return list(payloads)
+
+    def run(self, batch: list[str]) -> list[str]:
+        self.batches.append(batch)
+        self.started.set()
+        assert self._gate.wait(HOLD_S)
+        if self.oom_above is not None and len(batch) > self.oom_above:
+            raise ResourceExhausted(f"{len(batch)} items")
+        if self.poison in batch:
+            raise ValueError("poisoned item")
+        if "wrong-count" in batch:
+            return []
+        return [f"out:{p}" for p in batch]
+
+    def ran(self) -> list[str]:
+        return [p for batch in self.batches for p in batch]
+
+
+async def until(event: threading.Event) -> None:
+    with anyio.fail_after(HOLD_S):
+        await anyio.to_thread.run_sync(event.wait)
+
+
+def policy(**overrides) -> BatchPolicy:
+    return BatchPolicy(**{"max_wait_ms": 60_000, **overrides})
+
+
+def job(name: str, n: int) -> list[str]:
+    return [f"{name}.{i}" for i in range(n)]
+
+
+async def submit_all(batcher: Batcher, jobs: dict[str, list[str]], results: dict, **kw) -> None:
+    async def one(name: str, payloads: list[str]) -> None:
+        try:
+            results[name] = await batcher.submit(payloads, [10] * len(payloads), **kw)
+        except Exception as err:  # noqa: BLE001 - the test inspects it
+            results[name] = err
+
+    async with anyio.create_task_group() as tg:
+        for name, payloads in jobs.items():
+            tg.start_soon(one, name, payloads)
+
+
+async def test_one_job_gets_its_results_in_order():
+    runner = FakeRunner()
+    async with Batcher(runner, policy()) as batcher:
+        assert await batcher.submit(job("a", 3), [5, 50, 20]) == ["out:a.0", "out:a.1", "out:a.2"]
+
+
+async def test_jobs_queued_while_the_runner_is_busy_share_one_batch():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": job("first", 2)}, results)
+        await until(runner.started)
+        jobs = {f"j{i}": job(f"j{i}", 3) for i in range(10)}
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        assert batcher.queued_items == 30
+        runner.release()
+    assert [len(b) for b in runner.batches] == [2, 30]
+    for name, payloads in jobs.items():
+        assert results[name] == [f"out:{p}" for p in payloads]
+    assert batcher.stats.batches == 2
+    assert batcher.stats.mean_batch_items == 16
+
+
+async def test_the_item_budget_cuts_batches():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["x"]}, results)
+        await until(runner.started)
+        tg.start_soon(submit_all, batcher, {"many": job("m", 10)}, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert [len(b) for b in runner.batches] == [1, 4, 4, 2]
+    assert results["many"] == [f"out:m.{i}" for i in range(10)]
+
+
+async def test_the_token_budget_cuts_batches_and_the_oldest_goes_first():
+    runner = FakeRunner()
+    runner.hold()
+    order: list[str] = []
+    async with Batcher(runner, policy(max_batch_tokens=64)) as batcher, anyio.create_task_group() as tg:
+        async def submit(name: str, cost: int) -> None:
+            await batcher.submit([name], [cost])
+            order.append(name)
+
+        tg.start_soon(submit, "first", 8)
+        await until(runner.started)
+        tg.start_soon(submit, "long-oldest", 60)  # 64 padded: a batch of its own
+        await anyio.wait_all_tasks_blocked()
+        for i in range(3):
+            tg.start_soon(submit, f"short{i}", 8)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert runner.batches[1] == ["long-oldest"]
+    assert sorted(runner.batches[2]) == ["short0", "short1", "short2"]
+
+
+async def test_an_idle_runner_launches_at_once_without_waiting():
+    runner = FakeRunner()
+    async with Batcher(runner, policy(max_wait_ms=60_000)) as batcher:
+        with anyio.fail_after(HOLD_S):  # would take a minute if it waited for max_wait_ms
+            assert await batcher.submit(["a"], [5]) == ["out:a"]
+
+
+async def test_a_busy_runner_gets_the_next_batch_prepared_after_max_wait():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_wait_ms=1)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        runner.collate_seen.clear()
+        tg.start_soon(submit_all, batcher, {"second": ["second"]}, results)
+        await until(runner.collate_seen)  # prepared while "first" still computes
+        assert runner.collated[-1] == ["second"]
+        assert runner.batches == [["first"]]
+        runner.release()
+    assert results["second"] == ["out:second"]
+
+
+async def test_a_busy_runner_gets_a_full_batch_prepared_without_waiting():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        runner.collate_seen.clear()
+        tg.start_soon(submit_all, batcher, {"full": job("full", 4)}, results)
+        await until(runner.collate_seen)
+        assert runner.collated[-1] == job("full", 4)
+        runner.release()
+
+
+async def test_a_full_queue_rejects_at_once_with_a_retryable_error():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_queue_items=5)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        tg.start_soon(submit_all, batcher, {"queued": job("q", 3)}, results)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(Overloaded) as caught:
+            await batcher.submit(job("over", 3), [10] * 3)
+        assert caught.value.retryable and caught.value.http_status == 429
+        assert str(caught.value).startswith("overloaded: queue full")
+        with pytest.raises(InvalidInput, match="at most 5 items"):
+            await batcher.submit(job("huge", 6), [10] * 6)
+        runner.release()
+    assert results["queued"] == ["out:q.0", "out:q.1", "out:q.2"]
+    assert batcher.stats.jobs_rejected == 1
+
+
+async def test_a_cancelled_job_propagates_cancellation_and_never_reaches_the_runner():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    cancelled = anyio.Event()
+    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+
+        async def doomed() -> None:
+            with anyio.CancelScope() as scope:
+                doomed_scope.append(scope)
+                try:
+                    await batcher.submit(job("doomed", 3), [10] * 3)
+                except anyio.get_cancelled_exc_class():
+                    cancelled.set()
+                    raise
+
+        doomed_scope: list[anyio.CancelScope] = []
+        tg.start_soon(doomed)
+        tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
+        await anyio.wait_all_tasks_blocked()
+        assert batcher.queued_items == 5
+        doomed_scope[0].cancel()
+        await cancelled.wait()
+        assert batcher.queued_items == 2
+        runner.release()
+    assert not any(p.startswith("doomed") for p in runner.ran())
+    assert results["kept"] == ["out:kept.0", "out:kept.1"]
+    assert batcher.stats.items_dropped == 3
+    assert batcher.inflight_jobs == 0
+
+
+async def test_a_job_cancelled_while_its_batch_computes_is_ignored_and_the_loop_goes_on():
+    runner = FakeRunner()
+    runner.hold()
+    async with Batcher(runner, policy()) as batcher:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batcher.submit, ["running"], [5])
+            await until(runner.started)
+            tg.cancel_scope.cancel()
+        runner.release()
+        assert await batcher.submit(["after"], [5]) == ["out:after"]
+
+
+async def test_an_expired_job_times_out_and_its_items_never_run():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        with pytest.raises(DeadlineExceeded, match="timed_out"):
+            await batcher.submit(job("late", 2), [10, 10], timeout_s=0.01)
+        assert batcher.queued_items == 0
+        runner.release()
+    assert runner.ran() == ["first"]
+
+
+async def test_a_poisoned_item_fails_only_its_own_job():
+    runner = FakeRunner(poison="j3.1")
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        jobs = {f"j{i}": job(f"j{i}", 2) for i in range(8)}
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert isinstance(results["j3"], InferenceFailed)
+    assert str(results["j3"]) == "inference_failed: the model failed on this job's input: ValueError"
+    for name in jobs.keys() - {"j3"}:
+        assert results[name] == [f"out:{p}" for p in jobs[name]]
+    assert batcher.stats.items_failed == 1
+    assert batcher.stats.batch_splits >= 1
+
+
+@pytest.mark.parametrize("bad", ["bad-collate", "wrong-count"])
+async def test_the_loop_survives_a_runner_that_misbehaves(bad: str):
+    runner = FakeRunner()
+    async with Batcher(runner, policy()) as batcher:
+        with pytest.raises(InferenceFailed):
+            await batcher.submit([bad], [5])
+        assert await batcher.submit(["fine"], [5]) == ["out:fine"]
+
+
+async def test_out_of_memory_splits_and_shrinks_the_budget_without_failing_jobs():
+    runner = FakeRunner(oom_above=4)
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_tokens=4096)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        jobs = {f"j{i}": job(f"j{i}", 4) for i in range(4)}
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    for name, payloads in jobs.items():
+        assert results[name] == [f"out:{p}" for p in payloads]
+    assert batcher.budget_tokens < 4096
+    assert batcher.stats.budget_shrinks >= 1
+
+
+async def test_shutdown_fails_waiting_jobs_instead_of_hanging_them():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with anyio.create_task_group() as tg:
+        async with Batcher(runner, policy()) as batcher:
+            tg.start_soon(submit_all, batcher, {"running": ["running"], "queued": ["queued"]}, results)
+            await until(runner.started)
+            await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert isinstance(results["running"], Unavailable)
+    assert isinstance(results["queued"], Unavailable)
+    with pytest.raises(Unavailable):
+        await batcher.submit(["late"], [5])
+
+
+async def test_every_batch_is_reported_with_its_shape():
+    runner = FakeRunner()
+    seen: list[BatchStats] = []
+    async with Batcher(runner, policy(), on_batch=seen.append) as batcher:
+        await batcher.submit(["a", "b"], [9, 20])
+    (stats,) = seen
+    assert (stats.items, stats.jobs, stats.real_tokens, stats.padded_len) == (2, 1, 29, 24)
+    assert stats.padded_tokens == 48
+    assert stats.padding_efficiency == pytest.approx(29 / 48)
+    assert len(stats.queue_wait_s) == 2
