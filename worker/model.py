@@ -1,0 +1,400 @@
+"""The NLI model runner: pair assembly, GPU-friendly collation and the forward pass.
+
+The batcher calls two methods and nothing else: ``collate`` (in a collate thread, so batch N+1 is
+built while batch N runs) and ``run`` (in the one model thread). Everything before that, premise
+and hypothesis tokenization, happens once per job in the front end, so pairs travel as token ids
+and their cost (``PairTokens.length``) is known before they are queued.
+
+Pairs are assembled from a *pair template* probed from the tokenizer at load time rather than from
+per-architecture code: transformers 5 tokenizers no longer expose
+``build_inputs_with_special_tokens``, and probing covers BERT, DeBERTa-v3 and RoBERTa layouts alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from batching.errors import ResourceExhausted
+
+SYNTHETIC_MODELS = ("synthetic:tiny", "synthetic:tiny-binary", "synthetic:distilbert-mnli")
+VOCAB_PATH = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+_MNLI_LABELS = {0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}
+_BINARY_LABELS = {0: "entailment", 1: "not_entailment"}
+# Used when neither the tokenizer nor the config states a usable limit.
+_DEFAULT_MAX_LENGTH = 512
+# Two probes of different lengths: the first derives the template, the second checks it.
+_PROBES = (("hello world", "good morning"), ("the quick brown fox", "jumps"))
+
+
+@dataclass(frozen=True, slots=True)
+class PairTokens:
+    """One premise/hypothesis pair, still unassembled.
+
+    The premise is tokenized once per job and its tuple is shared by all of that job's pairs.
+    """
+
+    premise_ids: tuple[int, ...]  # no special tokens, untruncated
+    hypothesis_ids: tuple[int, ...]  # no special tokens
+    length: int  # assembled length after only_first truncation, special tokens included
+
+
+@dataclass(frozen=True, slots=True)
+class PairTemplate:
+    """Where a tokenizer puts its special tokens and token types around a pair (A, B).
+
+    The assembled pair is ``prefix + A + middle + B + suffix``; each special token keeps its own
+    type id because layouts differ (DeBERTa-v3 types the final [SEP] 1, the middle one 0).
+    """
+
+    prefix_ids: tuple[int, ...]
+    middle_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    first_type: int
+    second_type: int
+
+    @property
+    def num_special_tokens(self) -> int:
+        return len(self.prefix_ids) + len(self.middle_ids) + len(self.suffix_ids)
+
+    def assemble(self, first: Sequence[int], second: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(input_ids, token_type_ids) of the pair, without any truncation."""
+        ids = [*self.prefix_ids, *first, *self.middle_ids, *second, *self.suffix_ids]
+        types = [
+            *self.prefix_types,
+            *[self.first_type] * len(first),
+            *self.middle_types,
+            *[self.second_type] * len(second),
+            *self.suffix_types,
+        ]
+        return ids, types
+
+
+def _encode_pair(tokenizer: Any, first: str, second: str) -> tuple[list[int], list[int]]:
+    enc = tokenizer(first, second, add_special_tokens=True, return_token_type_ids=True)
+    ids = list(enc["input_ids"])
+    types = enc.get("token_type_ids")
+    return ids, list(types) if types is not None else [0] * len(ids)
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if list(haystack[i : i + len(needle)]) == list(needle):
+            return i
+    return -1
+
+
+def probe_pair_template(tokenizer: Any) -> PairTemplate:
+    """Derive the pair template by locating two probe texts inside their encoded pair.
+
+    Works for any tokenizer that encodes each segment of a pair as it encodes the segment alone
+    (true of WordPiece, SentencePiece/Metaspace and RoBERTa-style byte-level BPE with a leading
+    text). Raises ValueError when it cannot, rather than assembling pairs wrongly.
+    """
+    first, second = _PROBES[0]
+    a = tokenizer(first, add_special_tokens=False)["input_ids"]
+    b = tokenizer(second, add_special_tokens=False)["input_ids"]
+    ids, types = _encode_pair(tokenizer, first, second)
+    i = _find(ids, a, 0)
+    j = _find(ids, b, i + len(a)) if i >= 0 else -1
+    if i < 0 or j < 0 or not a or not b:
+        raise ValueError(
+            f"cannot derive a pair template for {type(tokenizer).__name__}: the probe segments "
+            f"{a} and {b} were not found in the encoded pair {ids}"
+        )
+    end_b = j + len(b)
+    template = PairTemplate(
+        prefix_ids=tuple(ids[:i]),
+        middle_ids=tuple(ids[i + len(a) : j]),
+        suffix_ids=tuple(ids[end_b:]),
+        prefix_types=tuple(types[:i]),
+        middle_types=tuple(types[i + len(a) : j]),
+        suffix_types=tuple(types[end_b:]),
+        first_type=types[i],
+        second_type=types[j],
+    )
+    _check_template(tokenizer, template)
+    return template
+
+
+def _check_template(tokenizer: Any, template: PairTemplate) -> None:
+    """Re-encode every probe (of other lengths) and insist the template reproduces it exactly."""
+    for first, second in _PROBES:
+        a = tokenizer(first, add_special_tokens=False)["input_ids"]
+        b = tokenizer(second, add_special_tokens=False)["input_ids"]
+        if template.assemble(a, b) != _encode_pair(tokenizer, first, second):
+            raise ValueError(
+                f"the pair template probed from {type(tokenizer).__name__} does not reproduce "
+                f"its encoding of ({first!r}, {second!r})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Collated:
+    """A padded batch ready for ``run``: CPU tensors (pinned on CUDA) plus its accounting."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    n_pairs: int
+    padded_len: int
+    real_tokens: int  # sum of the pairs' lengths, for padding-efficiency metrics
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.n_pairs * self.padded_len
+
+
+def label_indices(label2id: Mapping[str, int]) -> tuple[int, int]:
+    """(entailment_index, contradiction_index) from a config's label2id.
+
+    Entailment is the label whose lower-case name starts with "entail", as in the transformers
+    zero-shot pipeline. Contradiction is the label starting with "contradict"; without one, the
+    pipeline's rule (``-1 if entailment_id == 0 else 0``), which for a 2-label head is the other
+    label. The two agree for every published MNLI head (contradiction first or last); for an
+    order such as (entailment, contradiction, neutral) we pick contradiction where the pipeline
+    would pick neutral.
+    """
+    by_name = {name.lower(): index for name, index in label2id.items()}
+    entail = [index for name, index in by_name.items() if name.startswith("entail")]
+    if not entail:
+        raise ValueError(
+            f"no entailment label in the model's label2id {dict(label2id)}: zero-shot NLI needs "
+            "a label whose name starts with 'entail' (e.g. ENTAILMENT or entailment)"
+        )
+    contradict = [index for name, index in by_name.items() if name.startswith("contradict")]
+    if contradict:
+        return entail[0], contradict[0]
+    last = max(label2id.values())
+    return entail[0], (last if entail[0] == 0 else 0)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The torch device for a setting: None means CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device.strip())
+    except RuntimeError as err:
+        raise ValueError(f"invalid device {device!r}: expected e.g. 'cpu', 'cuda' or 'cuda:0'") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype: None means fp16 on CUDA (tensor cores) and fp32 elsewhere."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[dtype.strip().lower()]
+    except KeyError:
+        raise ValueError(f"invalid dtype {dtype!r}: expected one of {', '.join(_DTYPES)}") from None
+
+
+def build_synthetic(name: str) -> tuple[Any, torch.nn.Module]:
+    """(tokenizer, model) for a synthetic name: random weights, real vocabulary, fixed seed.
+
+    Kept apart from ``NliModel.load`` so ``bake-model`` can ``save_pretrained`` the pair.
+    """
+    from transformers import BertTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+    if name == "synthetic:distilbert-mnli":
+        sizes: dict[str, int] = {}  # DistilBertConfig defaults are typeform/distilbert-base-uncased-mnli
+        labels = _MNLI_LABELS
+    elif name in ("synthetic:tiny", "synthetic:tiny-binary"):
+        sizes = {"n_layers": 2, "dim": 32, "n_heads": 2, "hidden_dim": 64}
+        labels = _BINARY_LABELS if name == "synthetic:tiny-binary" else _MNLI_LABELS
+    else:
+        raise ValueError(f"unknown synthetic model {name!r}: expected one of {', '.join(SYNTHETIC_MODELS)}")
+    tokenizer = BertTokenizer(vocab=str(VOCAB_PATH), do_lower_case=True, model_max_length=512)
+    config = DistilBertConfig(**sizes, id2label=dict(labels), label2id={v: k for k, v in labels.items()})
+    # A private RNG stream: same weights every time, and the caller's global RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DistilBertForSequenceClassification(config)
+    return tokenizer, model
+
+
+def _load_pretrained(name: str) -> tuple[Any, torch.nn.Module]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="sdpa")
+    except ValueError:
+        # Architectures without an SDPA kernel refuse it at load; eager attention always works.
+        model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager")
+    return tokenizer, model
+
+
+def _length_limits(tokenizer: Any, config: Any) -> tuple[int, int]:
+    """(max_length, max_padded_len): what a pair may hold, and what padding may round up to.
+
+    Padding may round past max_length but never past what the position embeddings accept.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    # Tokenizers without a stated limit report a huge sentinel (int(1e30)): ignore it.
+    stated = [n for n in (tokenizer.model_max_length, positions) if isinstance(n, int) and 0 < n < 10**6]
+    max_length = min(stated, default=_DEFAULT_MAX_LENGTH)
+    return max_length, max(max_length, positions if isinstance(positions, int) else 0)
+
+
+class NliModel:
+    """A sequence-classification NLI model with its tokenizer, ready for batched pairs."""
+
+    length_multiple: int = 8  # padded sequence lengths are multiples of this
+
+    def __init__(
+        self, name: str, tokenizer: Any, model: torch.nn.Module, *, hypothesis_cache_size: int = 4096
+    ) -> None:
+        """Wrap an already-placed model; ``load`` is the usual way in."""
+        self.name = name
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        config = model.config
+        self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
+        self.entailment_index, self.contradiction_index = label_indices(config.label2id)
+        self.max_length, self._max_padded_len = _length_limits(tokenizer, config)
+        self.template = probe_pair_template(tokenizer)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._pad_type = getattr(tokenizer, "pad_token_type_id", 0)
+        # Feed token types only where the model takes them and its tokenizer emits them, as the
+        # transformers pipeline does (DistilBERT takes none; RoBERTa's tokenizer emits none).
+        self._uses_token_types = "token_type_ids" in inspect.signature(model.forward).parameters and (
+            "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+        )
+        self._hypothesis_ids = functools.lru_cache(maxsize=hypothesis_cache_size)(self.encode_text)
+
+    @classmethod
+    def load(cls, name: str, *, device: str | None = None, dtype: str | None = None) -> NliModel:
+        """Load a Hugging Face id, a local directory or a ``synthetic:*`` name onto a device."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        if name.startswith("synthetic:"):
+            tokenizer, model = build_synthetic(name)
+        else:
+            tokenizer, model = _load_pretrained(name)
+        return cls(name, tokenizer, model.to(device=torch_device, dtype=torch_dtype).eval())
+
+    def encode_text(self, text: str) -> tuple[int, ...]:
+        """Token ids without special tokens: one segment of a pair."""
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def hypothesis_ids(self, text: str) -> tuple[int, ...]:
+        """``encode_text`` through a bounded LRU: the same few hypotheses recur in every job.
+
+        ``functools.lru_cache`` keeps its bookkeeping consistent across threads.
+        """
+        return self._hypothesis_ids(text)
+
+    def pair(self, premise_ids: Sequence[int], hypothesis_ids: Sequence[int]) -> PairTokens:
+        """A pair and its assembled length (the batcher's cost), after only_first truncation.
+
+        Raises ValueError where the tokenizer itself would fail: when the hypothesis leaves no
+        room for a single premise token and the premise must be cut.
+        """
+        premise, hypothesis = tuple(premise_ids), tuple(hypothesis_ids)
+        room = self.max_length - self.template.num_special_tokens - len(hypothesis)
+        if len(premise) > room and room < 1:
+            raise ValueError(
+                f"hypothesis of {len(hypothesis)} tokens leaves no room for the premise within "
+                f"max_length {self.max_length} ({self.template.num_special_tokens} special tokens)"
+            )
+        length = self.template.num_special_tokens + min(len(premise), room) + len(hypothesis)
+        return PairTokens(premise, hypothesis, length)
+
+    def assemble(self, pair: PairTokens) -> tuple[list[int], list[int]]:
+        """(input_ids, token_type_ids), exactly as the tokenizer encodes the pair with
+        ``truncation="only_first", max_length=self.max_length``: the premise is cut from the right."""
+        room = self.max_length - self.template.num_special_tokens - len(pair.hypothesis_ids)
+        return self.template.assemble(pair.premise_ids[:room], pair.hypothesis_ids)
+
+    def padded_length(self, longest: int) -> int:
+        """The batch's sequence length: rounded up to ``length_multiple`` so kernel shapes repeat."""
+        multiple = self.length_multiple
+        return min(-(-longest // multiple) * multiple, self._max_padded_len)
+
+    def collate(self, pairs: Sequence[PairTokens]) -> Collated:
+        """Pad a batch into CPU tensors (pinned on CUDA so ``run`` copies asynchronously)."""
+        if not pairs:
+            raise ValueError("cannot collate an empty batch")
+        padded_len = self.padded_length(max(p.length for p in pairs))
+        input_ids = np.full((len(pairs), padded_len), self._pad_id, dtype=np.int64)
+        token_types = np.full((len(pairs), padded_len), self._pad_type, dtype=np.int64)
+        attention = np.zeros((len(pairs), padded_len), dtype=np.int64)
+        for row, pair in enumerate(pairs):
+            ids, types = self.assemble(pair)
+            input_ids[row, : len(ids)] = ids
+            token_types[row, : len(types)] = types
+            attention[row, : len(ids)] = 1
+        tensors = [torch.from_numpy(input_ids), torch.from_numpy(attention)]
+        tensors.append(torch.from_numpy(token_types) if self._uses_token_types else None)
+        if self.device.type == "cuda":
+            tensors = [t.pin_memory() if t is not None else None for t in tensors]
+        real_tokens = sum(p.length for p in pairs)
+        return Collated(*tensors, n_pairs=len(pairs), padded_len=padded_len, real_tokens=real_tokens)
+
+    def run(self, batch: Collated) -> np.ndarray:
+        """float32 logits [n_pairs, num_labels]; out-of-memory becomes ResourceExhausted.
+
+        The batcher answers ResourceExhausted by splitting the batch and shrinking its budget.
+        """
+        failure: RuntimeError | None = None
+        try:
+            with torch.inference_mode():
+                inputs = {
+                    "input_ids": batch.input_ids.to(self.device, non_blocking=True),
+                    "attention_mask": batch.attention_mask.to(self.device, non_blocking=True),
+                }
+                if batch.token_type_ids is not None:
+                    inputs["token_type_ids"] = batch.token_type_ids.to(self.device, non_blocking=True)
+                return self.model(**inputs).logits.float().cpu().numpy()
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not isinstance(err, torch.cuda.OutOfMemoryError) and "out of memory" not in str(err):
+                raise
+            # The traceback's frames hold this batch's activations; drop them before freeing.
+            failure = err.with_traceback(None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise ResourceExhausted(
+            f"out of memory on {self.device} for {batch.n_pairs} pairs x {batch.padded_len} tokens"
+        ) from failure
+
+    def warm_up(self, max_len: int = 128, batch_pairs: int = 1) -> float:
+        """One forward per padded-length bucket up to ``max_len``; returns the seconds it took.
+
+        The first batch of each new shape pays for kernel selection and allocator growth; paying it
+        here keeps it out of the first real jobs' latency.
+        """
+        started = time.perf_counter()
+        filler = self.encode_text("warm up")[:1] or (self._pad_id,)
+        top = self.padded_length(min(max_len, self.max_length))
+        specials = self.template.num_special_tokens
+        for padded_len in range(self.length_multiple, top + 1, self.length_multiple):
+            premise_len = max(min(padded_len, self.max_length) - specials - 1, 0)
+            pair = self.pair(filler * premise_len, filler)
+            self.run(self.collate([pair] * batch_pairs))
+        return time.perf_counter() - started
