@@ -1,0 +1,193 @@
+"""The seed's way against the engine, on the same model, in the same run.
+
+    python bench/engine.py --out bench/results                 # CPU here: a reduced burst
+    python bench/engine.py --jobs 339 --out bench/results      # on a GPU
+
+Every headline is a classify job: five label hypotheses plus one company hypothesis (6 pairs).
+- seed way: a transformers ``zero-shot-classification`` pipeline called per headline (one call
+  for the five labels, one for the company), fp32, as the headline service did it;
+- careful pipeline: the same pipeline over the whole list with ``batch_size=64``;
+- engine: all jobs submitted at once to the in-process engine through the service path, then a
+  sustained burst of many more jobs, then single jobs one at a time (idle latency).
+Writes ``engine.json`` and ``engine.md`` under ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import torch
+from transformers import pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtest.burst import classify_jobs  # noqa: E402
+from loadtest.stats import latency_summary_ms  # noqa: E402
+from schemas import build_job_schema  # noqa: E402
+from worker import hypotheses  # noqa: E402
+from worker.engine import NliEngine  # noqa: E402
+from worker.model import NliModel  # noqa: E402
+from worker.service import run_job  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+
+LABELS = [hypotheses.OPINION, hypotheses.STRAIGHT_NEWS, *hypotheses.TEMPORAL.values()]
+
+
+def seed_way(model: NliModel, jobs: list[dict]) -> dict:
+    """One pipeline call per headline for the labels, one for the company."""
+    classifier = pipeline("zero-shot-classification", model=model.model, tokenizer=model.tokenizer,
+                          device=model.device)
+    classifier(jobs[0]["headline"], candidate_labels=LABELS, hypothesis_template="{}")  # warm
+    started = time.perf_counter()
+    for job in jobs:
+        classifier(job["headline"], candidate_labels=LABELS, hypothesis_template="{}")
+        company = hypotheses.COMPANY.format(company=job["company"])
+        classifier(job["headline"], candidate_labels=[company], hypothesis_template="{}", multi_label=True)
+    wall = time.perf_counter() - started
+    return _row("seed way: pipeline per headline, fp32", jobs, wall)
+
+
+def careful_pipeline(model: NliModel, jobs: list[dict]) -> dict:
+    """The same pipeline over the list, batch_size=64; company calls grouped by company."""
+    classifier = pipeline("zero-shot-classification", model=model.model, tokenizer=model.tokenizer,
+                          device=model.device)
+    texts = [job["headline"] for job in jobs]
+    classifier(texts[:8], candidate_labels=LABELS, hypothesis_template="{}", batch_size=64)  # warm
+    started = time.perf_counter()
+    classifier(texts, candidate_labels=LABELS, hypothesis_template="{}", batch_size=64)
+    by_company: dict[str, list[str]] = {}
+    for job in jobs:
+        by_company.setdefault(job["company"], []).append(job["headline"])
+    for company, group in by_company.items():
+        label = hypotheses.COMPANY.format(company=company)
+        classifier(group, candidate_labels=[label], hypothesis_template="{}", multi_label=True, batch_size=64)
+    wall = time.perf_counter() - started
+    return _row(f"careful pipeline: list, batch_size=64, {_dtype(model)}", jobs, wall)
+
+
+async def engine_runs(settings: Settings, model: NliModel, jobs: list[dict], sustained: list[dict],
+                      repeats: int, idle_jobs: int) -> list[dict]:
+    schema = build_job_schema(settings.limits)
+    async with NliEngine.start(settings, model=model) as engine:
+
+        async def burst(batch: list[dict]) -> tuple[float, int, int, float, list[float]]:
+            stats = engine.batcher.stats
+            batches0, items0, real0, padded0 = stats.batches, stats.items, stats.real_tokens, stats.padded_tokens
+            latencies: list[float] = []
+
+            async def one(job: dict) -> None:
+                output = await run_job(engine, schema, job)
+                assert "error" not in output, output
+                latencies.append(time.perf_counter() - started)
+
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for job in batch:
+                    tg.start_soon(one, job)
+            wall = time.perf_counter() - started
+            efficiency = (stats.real_tokens - real0) / max(1, stats.padded_tokens - padded0)
+            return wall, stats.batches - batches0, stats.items - items0, efficiency, latencies
+
+        await burst(jobs)  # warm: every shape the burst needs
+        walls, runs = [], []
+        for _ in range(repeats):
+            result = await burst(jobs)
+            walls.append(result[0])
+            runs.append(result)
+        median = runs[walls.index(statistics.median_low(walls))]
+        wall, batches, pairs, efficiency, latencies = median
+        rows = [_row(f"engine: {len(jobs)} jobs at once (median of {repeats})", jobs, wall, pairs=pairs,
+                     batches=batches, efficiency=efficiency, p99_ms=latency_summary_ms(latencies)["p99"])]
+
+        wall, batches, pairs, efficiency, latencies = await burst(sustained)
+        rows.append(_row(f"engine: {len(sustained)} jobs at once (sustained)", sustained, wall, pairs=pairs,
+                         batches=batches, efficiency=efficiency, p99_ms=latency_summary_ms(latencies)["p99"]))
+
+        idle = []
+        for job in jobs[:idle_jobs]:
+            started = time.perf_counter()
+            await run_job(engine, schema, job)
+            idle.append(time.perf_counter() - started)
+        rows.append({"way": "engine: one job alone", "idle_p50_ms": latency_summary_ms(idle)["p50"]})
+    return rows
+
+
+def _row(way: str, jobs: list[dict], wall: float, *, pairs: int | None = None, batches: int | None = None,
+         efficiency: float | None = None, p99_ms: float | None = None) -> dict:
+    pairs = pairs if pairs is not None else 6 * len(jobs)
+    return {
+        "way": way, "jobs": len(jobs), "pairs": pairs, "wall_ms": round(wall * 1000, 1),
+        "pairs_per_s": round(pairs / wall, 1), "batches": batches,
+        "mean_batch_pairs": round(pairs / batches, 1) if batches else None,
+        "padding_efficiency": round(efficiency, 3) if efficiency is not None else None,
+        "p99_ms": p99_ms,
+    }
+
+
+def _dtype(model: NliModel) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
+def markdown(rows: list[dict], baseline: float) -> str:
+    head = "| way | jobs | pairs | wall ms | pairs/s | × seed | batches | mean batch | padding eff. | p99 ms |"
+    lines = [head, "|" + "---|" * 10]
+    for row in rows:
+        if "idle_p50_ms" in row:
+            lines.append(f"| {row['way']} | 1 | 6 | p50 {row['idle_p50_ms']} | | | | | | |")
+            continue
+        ratio = row["pairs_per_s"] / baseline
+        lines.append(
+            f"| {row['way']} | {row['jobs']} | {row['pairs']} | {row['wall_ms']} | {row['pairs_per_s']:,} "
+            f"| {ratio:.1f}× | {row['batches'] or ''} | {row['mean_batch_pairs'] or ''} "
+            f"| {row['padding_efficiency'] or ''} | {row['p99_ms'] or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="synthetic:distilbert-mnli")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--jobs", type=int, default=None, help="burst size (default: 339 on GPU, 24 on CPU)")
+    parser.add_argument("--sustained-jobs", type=int, default=None, help="default: 20× the burst on GPU, 4× on CPU")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--idle-jobs", type=int, default=20)
+    parser.add_argument("--skip-careful", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    settings = Settings.from_env(model_name=args.model, device=args.device, log_level="WARNING")
+    model = NliModel.load(args.model, device=args.device)
+    on_gpu = model.device.type == "cuda"
+    n_jobs = args.jobs or (339 if on_gpu else 24)
+    jobs = classify_jobs(n_jobs)
+    sustained = classify_jobs(args.sustained_jobs or n_jobs * (20 if on_gpu else 4))
+    seed_model = NliModel.load(args.model, device=args.device, dtype="float32") if on_gpu else model
+
+    rows = [seed_way(seed_model, jobs)]
+    if not args.skip_careful:
+        rows.append(careful_pipeline(model, jobs))
+    del seed_model
+    rows += anyio.run(engine_runs, settings, model, jobs, sustained, args.repeats, args.idle_jobs)
+
+    machine = torch.cuda.get_device_name(model.device) if on_gpu else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    header = (f"model {args.model}, {model.device} {_dtype(model)} ({machine}), torch {torch.__version__}, "
+              f"max_batch_tokens {settings.batch_policy(on_gpu=on_gpu).max_batch_tokens}")
+    table = markdown(rows, rows[0]["pairs_per_s"])
+    print(header)
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "engine.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+        (args.out / "engine.md").write_text(header + "\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The NLI engine: the model runner behind the micro-batcher, with text pairs in and logits out.
+
+Operations call ``infer`` once per job with all of that job's pairs, so one job's pairs enter the
+shared queue together and ride in the same batches as every other job in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+import structlog
+
+from batching import Batcher, BatchStats, InvalidInput
+from worker.model import NliModel, PairTokens
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    model_load_s: float
+    warmup_s: float
+
+
+class NliEngine:
+    """One model, one batcher. Start it with ``async with NliEngine.start(settings) as engine``."""
+
+    def __init__(self, model: NliModel, batcher: Batcher, settings: Settings, startup: StartupReport) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.settings = settings
+        self.startup = startup
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        model: NliModel | None = None,
+    ) -> AsyncIterator[NliEngine]:
+        """Load (off the event loop) and warm the model, then run the batcher until exit.
+
+        ``model`` skips loading: tests share one already-loaded model across engines.
+        """
+        started = anyio.current_time()
+        if model is None:
+            model = await anyio.to_thread.run_sync(
+                lambda: NliModel.load(settings.model_name, device=settings.device, dtype=settings.dtype)
+            )
+        loaded = anyio.current_time()
+        policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
+        warmup_s = await anyio.to_thread.run_sync(model.warm_up, settings.warmup_max_len)
+        startup = StartupReport(model_load_s=loaded - started, warmup_s=warmup_s)
+        log.info(
+            "engine_started",
+            model=model.name,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            labels=list(model.labels),
+            max_batch_tokens=policy.max_batch_tokens,
+            max_batch_pairs=policy.max_batch_items,
+            model_load_s=round(startup.model_load_s, 3),
+            warmup_s=round(warmup_s, 3),
+        )
+        async with Batcher(model, policy, on_batch=on_batch) as batcher:
+            yield cls(model, batcher, settings, startup)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[PairTokens]:
+        """Token ids for each pair: each distinct premise once, hypotheses from the model's cache."""
+        premises: dict[str, tuple[int, ...]] = {}
+        tokens = []
+        for index, (premise, hypothesis) in enumerate(pairs):
+            premise_ids = premises.get(premise)
+            if premise_ids is None:
+                premise_ids = premises[premise] = self.model.encode_text(premise)
+            try:
+                tokens.append(self.model.pair(premise_ids, self.model.hypothesis_ids(hypothesis)))
+            except ValueError as err:
+                raise InvalidInput(f"pairs[{index}]: {err}") from err
+        return tokens
+
+    async def infer(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
+        tokens = self.tokenize(pairs)
+        rows = await self.batcher.submit(
+            tokens, [t.length for t in tokens], timeout_s=self.settings.job_timeout_s
+        )
+        return np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)

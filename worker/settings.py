@@ -1,0 +1,117 @@
+"""Settings: one frozen Struct read from the environment once, then passed explicitly.
+
+Every field is read from the upper-cased variable of the same name (``max_batch_tokens`` from
+``MAX_BATCH_TOKENS``). Batch-policy numbers left unset take the defaults of the device the model
+runs on, from measurement (see BENCHMARKS.md): a GPU wants big padded batches, a small CPU wants
+a few dozen pairs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from batching import BatchPolicy
+from schemas import Limits
+from worker.hypotheses import Thresholds
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; raised at start-up, naming the variable."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model_name: str = "typeform/distilbert-base-uncased-mnli"
+    """Hugging Face id, local directory, or ``synthetic:tiny`` / ``synthetic:distilbert-mnli``."""
+    device: str | None = None
+    """``cuda``, ``cuda:1``, ``cpu``; unset: CUDA when available."""
+    dtype: str | None = None
+    """``float16``, ``bfloat16``, ``float32``; unset: float16 on CUDA, float32 on CPU."""
+    max_concurrency: int = 512
+    """Jobs one serverless worker takes at once (constant: a changing value stalls the SDK)."""
+    max_batch_tokens: int | None = None
+    """Padded tokens a batch may hold (pairs × padded length). Unset: 16384 GPU, 1024 CPU."""
+    max_batch_pairs: int | None = None
+    """Pairs a batch may hold. Unset: 512 GPU, 32 CPU."""
+    window_pairs: int = 2048
+    """Oldest queued pairs the policy sorts by length when it cuts a batch."""
+    max_wait_ms: float = 2.0
+    """While a batch computes, the longest a queued pair waits before the next is prepared."""
+    max_queue_pairs: int = 50_000
+    """Admission: pairs queued across jobs; past it jobs fail fast with ``overloaded``."""
+    max_queue_tokens: int = 2_000_000
+    """Admission: tokens queued across jobs."""
+    job_timeout_s: float | None = None
+    """Per-job deadline; a job past it fails with ``timed_out`` and its pairs are dropped."""
+    warmup_max_len: int = 128
+    """Sequence-length buckets up to this are run once at start-up."""
+    log_level: str = "INFO"
+    limits: Limits = Limits()
+    thresholds: Thresholds = Thresholds()
+    """Decision thresholds, each read from ``<NAME>_THRESHOLD`` (``OPINION_THRESHOLD``, ...)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrency", "window_pairs", "max_queue_pairs", "max_queue_tokens", "warmup_max_len"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()}: must be at least 1, got {getattr(self, name)}")
+        for name in ("max_batch_tokens", "max_batch_pairs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SettingsError(f"{name.upper()}: must be at least 1, got {value}")
+        if self.max_wait_ms < 0:
+            raise SettingsError(f"MAX_WAIT_MS: must not be negative, got {self.max_wait_ms}")
+        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
+            raise SettingsError(f"JOB_TIMEOUT_S: must be positive, got {self.job_timeout_s}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every field from its variable; ``overrides`` (e.g. from the command line) win."""
+        environ = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for name in cls.__struct_fields__:
+            if name in ("limits", "thresholds"):
+                continue
+            if environ.get(name.upper(), "") != "":
+                raw[name] = environ[name.upper()]
+        limits = {name: environ[name.upper()] for name in Limits.__struct_fields__ if environ.get(name.upper())}
+        if limits:
+            raw["limits"] = limits
+        thresholds = {
+            name: environ[f"{name.upper()}_THRESHOLD"]
+            for name in Thresholds.__struct_fields__
+            if environ.get(f"{name.upper()}_THRESHOLD")
+        }
+        if thresholds:
+            raw["thresholds"] = thresholds
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as err:
+            raise SettingsError(_explain(err)) from err
+
+    def batch_policy(self, *, on_gpu: bool) -> BatchPolicy:
+        """The batcher's numbers, filling unset budgets with the device's defaults."""
+        return BatchPolicy(
+            max_batch_tokens=self.max_batch_tokens or (16_384 if on_gpu else 1_024),
+            max_batch_items=self.max_batch_pairs or (512 if on_gpu else 32),
+            window_items=self.window_pairs,
+            max_wait_ms=self.max_wait_ms,
+            max_queue_items=self.max_queue_pairs,
+            max_queue_tokens=self.max_queue_tokens,
+        )
+
+
+def _explain(err: msgspec.ValidationError) -> str:
+    """msgspec says "Expected `int`, got `str` - at `$.max_batch_tokens`"; name the variable."""
+    message = str(err)
+    reason, _, path = message.rpartition(" - at `")
+    if not reason:
+        return message
+    variable = path.rstrip("`").removeprefix("$.").removeprefix("limits.").upper()
+    if variable.startswith("THRESHOLDS."):  # thresholds.opinion is read from OPINION_THRESHOLD
+        variable = variable.removeprefix("THRESHOLDS.") + "_THRESHOLD"
+    return f"{variable}: {reason[0].lower()}{reason[1:]}"
