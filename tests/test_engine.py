@@ -1,0 +1,61 @@
+"""The engine: text pairs in, logits out, through the shared batcher and the tiny model."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from batching import InvalidInput
+from worker.engine import NliEngine
+from worker.settings import Settings
+
+HYPOTHESES = ["This is an opinion piece or editorial.", "This is a factual news report.",
+              "This text is about Apple."]
+
+
+def settings(**overrides) -> Settings:
+    return Settings(model_name="synthetic:tiny", warmup_max_len=16, **overrides)
+
+
+@pytest.fixture(scope="module")
+def headlines() -> list[str]:
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "example_headlines.txt"
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()][:40]
+
+
+async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(tiny_model, headlines):
+    jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines]
+    async with NliEngine.start(settings(), model=tiny_model) as engine:
+        alone = [await engine.infer(pairs) for pairs in jobs[:5]]
+        batches_before = engine.batcher.stats.batches
+        together: list = [None] * len(jobs)
+
+        async def one(i: int) -> None:
+            together[i] = await engine.infer(jobs[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(jobs)):
+                tg.start_soon(one, i)
+        batches = engine.batcher.stats.batches - batches_before
+    assert batches < len(jobs)
+    for i, logits in enumerate(alone):
+        assert logits.shape == (3, 3)
+        np.testing.assert_allclose(together[i], logits, atol=1e-5)
+
+
+async def test_a_premise_is_tokenized_once_per_job(tiny_model, monkeypatch):
+    calls: list[str] = []
+    encode = tiny_model.encode_text
+    monkeypatch.setattr(tiny_model, "encode_text", lambda text: calls.append(text) or encode(text))
+    async with NliEngine.start(settings(), model=tiny_model) as engine:
+        await engine.infer([("Apple Declares $0.25 Dividend", h) for h in HYPOTHESES * 2])
+    assert calls.count("Apple Declares $0.25 Dividend") == 1
+
+
+async def test_a_hypothesis_too_long_for_the_model_is_invalid_input_naming_the_pair(tiny_model):
+    async with NliEngine.start(settings(), model=tiny_model) as engine:
+        with pytest.raises(InvalidInput, match=r"^invalid_input: pairs\[1\]: hypothesis of \d+ tokens"):
+            await engine.infer([("short", "fine"), ("a premise " * 10, "word " * 600)])
