@@ -33,6 +33,7 @@ from loadtest.stats import latency_summary_ms  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
 from worker import hypotheses  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
+from worker.logs import configure_logging  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.service import run_job  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--skip-careful", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    configure_logging("WARNING")
 
     settings = Settings.from_env(model_name=args.model, device=args.device, log_level="WARNING")
     model = NliModel.load(args.model, device=args.device)

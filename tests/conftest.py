@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 
 # --- worker.model -------------------------------------------------------------------------------
@@ -13,3 +16,98 @@ def tiny_model():
     from worker.model import NliModel
 
     return NliModel.load("synthetic:tiny", device="cpu")
+
+
+# --- worker.operations, worker.serverless: one example job per operation, and output checks -----
+
+_EXAMPLE_JOBS: dict[str, dict] = {
+    "nli": {"pairs": [["Apple Declares $0.25 Dividend", "This is about a dividend."], ["a", "b"]]},
+    "zero_shot": {"texts": ["Fed Raises Rates", "Tesla Shares Surge"], "labels": ["macro", "stocks", "crypto"]},
+    "classify": {"headline": "Apple Declares $0.25 Dividend", "company": "Apple"},
+    "classify_batch": {"headlines": ["Fed Raises Rates", "Why the Fed Is Wrong", "Tesla Q4"]},
+    "company_relevance": {"headline": "Apple Declares $0.25 Dividend", "company": "Apple"},
+    "company_relevance_batch": {"headlines": ["Apple Declares Dividend", "Fed Raises Rates"], "company": "Apple"},
+    "routine_operations": {"headline": "West Penn Power Completes Upgrades", "ticker_symbols": ["FE", "BAC", "FE"]},
+    "detect_quantitative_catalyst": {"headline": "Sompo To Acquire Aspen For $3.5B, Or $37.50/Share"},
+    "detect_strategic_catalyst": {"headline": "Workhorse Group And ATW Partners Announce Merger Agreement"},
+}
+_CLASSIFY_SCORE_KEYS = {"opinion", "straight_news", "past_event", "future_event", "general_topic"}
+
+
+@pytest.fixture(scope="session")
+def example_jobs() -> dict[str, dict]:
+    """One valid job input (without its "operation") per operation, by operation name."""
+    return copy.deepcopy(_EXAMPLE_JOBS)
+
+
+@pytest.fixture(scope="session")
+def check_job_output():
+    """``check(operation, job_input, output)``: asserts the output's shape, keys and types."""
+    return _check_job_output
+
+
+def _check_classify(result: dict, *, company: bool) -> None:
+    from schemas import TEMPORAL_CATEGORIES
+
+    assert isinstance(result["headline"], str)
+    assert isinstance(result["is_opinion"], bool) and result["is_straight_news"] is not result["is_opinion"]
+    assert result["temporal_category"] in TEMPORAL_CATEGORIES
+    assert set(result["scores"]) == _CLASSIFY_SCORE_KEYS | ({"company"} if company else set())
+    assert all(0.0 <= p <= 1.0 for p in result["scores"].values())
+    assert math.isclose(result["scores"]["opinion"] + result["scores"]["straight_news"], 1.0)
+    assert math.isclose(sum(result["scores"][c] for c in TEMPORAL_CATEGORIES), 1.0)
+    if company:
+        assert isinstance(result["is_about_company"], bool)
+        assert result["company_score"] == result["scores"]["company"]
+    else:
+        assert "is_about_company" not in result and "company_score" not in result
+
+
+def _check_job_output(operation: str, job: dict, out: dict) -> None:
+    """The output shape of each operation, as callers of the headline service read it."""
+    from schemas import CATALYST_TYPES
+    from worker.hypotheses import STRATEGIC_CATALYSTS as _STRATEGIC_CATALYSTS
+    from worker.operations import extract_catalyst_values as _extract_catalyst_values
+
+    assert "error" not in out, out
+    if operation == "nli":
+        assert len(out["results"]) == len(job["pairs"])
+        for pair in out["results"]:
+            assert set(pair["scores"]) == {"ENTAILMENT", "NEUTRAL", "CONTRADICTION"}
+            assert math.isclose(sum(pair["scores"].values()), 1.0)
+    elif operation == "zero_shot":
+        texts = job.get("texts") or [job["text"]]
+        assert [r["sequence"] for r in out["results"]] == texts
+        for r in out["results"]:
+            assert sorted(r["labels"]) == sorted(job["labels"])
+            assert r["scores"] == sorted(r["scores"], reverse=True)
+            assert [r["scores_by_label"][label] for label in r["labels"]] == r["scores"]
+    elif operation == "classify":
+        _check_classify(out, company="company" in job)
+    elif operation == "classify_batch":
+        assert [r["headline"] for r in out["results"]] == job["headlines"]
+        for r in out["results"]:
+            _check_classify(r, company="company" in job)
+    elif operation == "company_relevance":
+        assert out["company"] == job["company"] and isinstance(out["is_about_company"], bool)
+        assert 0.0 <= out["company_score"] <= 1.0
+    elif operation == "company_relevance_batch":
+        assert [r["headline"] for r in out["results"]] == job["headlines"]
+        assert all(r["company"] == job["company"] for r in out["results"])
+    elif operation == "routine_operations":
+        _check_classify(out["core_classification"], company=False)
+        assert set(out["routine_operations_by_ticker"]) == set(job["ticker_symbols"])
+        for score in out["routine_operations_by_ticker"].values():
+            assert set(score) == {"is_routine", "score"} and isinstance(score["is_routine"], bool)
+    elif operation == "detect_quantitative_catalyst":
+        assert set(out["scores"]) == set(CATALYST_TYPES)
+        assert out["catalyst_values"] == _extract_catalyst_values(job["headline"])
+        assert out["catalyst_type"] in (*CATALYST_TYPES, None)
+        assert (out["catalyst_type"] is not None) == out["has_quantitative_catalyst"]
+        assert out["confidence"] == max(out["scores"].values())
+    elif operation == "detect_strategic_catalyst":
+        assert set(out["scores"]) == set(_STRATEGIC_CATALYSTS)
+        assert (out["catalyst_subtype"] is not None) == out["has_strategic_catalyst"]
+        assert out["confidence"] == max(out["scores"].values())
+    else:  # pragma: no cover
+        raise AssertionError(operation)

@@ -32,9 +32,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_concurrency: int = 512
     """Jobs one serverless worker takes at once (constant: a changing value stalls the SDK)."""
     max_batch_tokens: int | None = None
-    """Padded tokens a batch may hold (pairs × padded length). Unset: 16384 GPU, 1024 CPU."""
+    """Padded tokens a batch may hold (pairs × padded length). Unset: 16384 GPU, 512 CPU."""
     max_batch_pairs: int | None = None
-    """Pairs a batch may hold. Unset: 512 GPU, 32 CPU."""
+    """Pairs a batch may hold. Unset: 512 GPU, 16 CPU."""
     window_pairs: int = 2048
     """Oldest queued pairs the policy sorts by length when it cuts a batch."""
     max_wait_ms: float = 2.0
@@ -96,8 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def batch_policy(self, *, on_gpu: bool) -> BatchPolicy:
         """The batcher's numbers, filling unset budgets with the device's defaults."""
         return BatchPolicy(
-            max_batch_tokens=self.max_batch_tokens or (16_384 if on_gpu else 1_024),
-            max_batch_items=self.max_batch_pairs or (512 if on_gpu else 32),
+            max_batch_tokens=self.max_batch_tokens or (16_384 if on_gpu else 512),
+            max_batch_items=self.max_batch_pairs or (512 if on_gpu else 16),
             window_items=self.window_pairs,
             max_wait_ms=self.max_wait_ms,
             max_queue_items=self.max_queue_pairs,

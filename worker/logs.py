@@ -1,0 +1,75 @@
+"""Logging: structlog JSON lines to stdout, configured once, with stdlib logging routed through it.
+
+RunPod collects a worker's stdout, so one JSON object a line (ISO time, level, logger, event and
+the job's bound ``job_id``/``operation``) is what its log view and any shipper can parse. Library
+logs (transformers, uvicorn, asyncio) go through the same renderer. The runpod SDK prints through
+its own ``RunPodLogger``, whose default level is DEBUG (a line per poll): it is held at WARN unless
+our level is DEBUG or ``RUNPOD_LOG_LEVEL`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+_HANDLER_NAME = "burst-nli-json"
+
+_SHARED_PROCESSORS: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.stdlib.ExtraAdder(),
+]
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Configure structlog and the stdlib root logger; calling it again only changes the level."""
+    level = level.upper()
+    numeric = logging.getLevelName(level)
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    structlog.configure(
+        processors=[
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,  # keeps structlog.testing.capture_logs working
+    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_SHARED_PROCESSORS,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    for name in ("runpod", "urllib3", "httpx", "aiohttp"):
+        logging.getLogger(name).setLevel(quiet)
+    _quiet_runpod_sdk("DEBUG" if level == "DEBUG" else "WARN")
+
+
+def _quiet_runpod_sdk(level: str) -> None:
+    """Set the SDK's own print-logger unless the operator chose its level explicitly."""
+    if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL"):
+        return
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    RunPodLogger().level = level  # set_level() would announce itself with an INFO line

@@ -1,0 +1,173 @@
+"""The RunPod serverless front end: an async handler over one lazily started engine.
+
+The SDK owns the event loop (``asyncio.run`` inside ``runpod.serverless.start``; uvicorn's loop
+under ``--rp_serve_api``), so the engine cannot be started before it: the first job starts it
+(``start`` loads the model's weights beforehand; the engine then only warms up and runs).
+The engine's batcher runs an anyio task group, which must be entered and left by the same task,
+so it lives in one background task for the worker's life instead of inside any job's task.
+Concurrent first jobs all wait for the same readiness event; a model that fails to load is logged
+once and answers every job with ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import anyio
+import structlog
+
+from batching import Unavailable
+from schemas import JobSchema, build_job_schema
+from worker.engine import NliEngine
+from worker.model import NliModel
+from worker.service import run_job
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.serverless")
+
+
+class ServerlessWorker:
+    """Settings, an optional already-loaded model, and the engine started on the first job."""
+
+    def __init__(self, settings: Settings, *, model: NliModel | None = None) -> None:
+        self.settings = settings
+        self.schema: JobSchema = build_job_schema(settings.limits)
+        self._model = model
+        self._engine: NliEngine | None = None
+        self._failure: Unavailable | None = None
+        self._ready: anyio.Event | None = None
+        self._stop: anyio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def preload(self) -> None:
+        """Load the model now, before the SDK's loop starts taking jobs (call from ``start``).
+
+        A worker polls for jobs only once this returns, so the first jobs of a cold start wait in
+        RunPod's queue (where another worker may take them) rather than on this worker's model
+        load. A failure is logged and kept: every job then answers ``unavailable``.
+        """
+        if self._model is not None or self._failure is not None:
+            return
+        settings = self.settings
+        started = time.perf_counter()
+        try:
+            self._model = NliModel.load(settings.model_name, device=settings.device, dtype=settings.dtype)
+        except Exception as err:
+            log.exception("model_load_failed", model=settings.model_name)
+            self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
+            return
+        load_s = round(time.perf_counter() - started, 3)
+        log.info("model_loaded", model=settings.model_name, model_load_s=load_s)
+
+    @property
+    def engine(self) -> NliEngine | None:
+        """The running engine; None until the first job has started it (or after it failed)."""
+        return self._engine
+
+    async def handler(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A RunPod job ``{"id", "input"}`` to its output dict or ``{"error": ...}``."""
+        job_id = job.get("id") if isinstance(job, dict) else None
+        job_input = job.get("input") if isinstance(job, dict) else None
+        try:
+            engine = await self.ready()
+        except Unavailable as err:
+            return {"error": str(err)}
+        return await run_job(engine, self.schema, job_input, job_id=job_id)
+
+    async def ready(self) -> NliEngine:
+        """Start the engine if no job has yet, wait until it runs, and return it."""
+        if self._ready is None:
+            self._ready, self._stop = anyio.Event(), anyio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._serve(), name="nli-engine")
+        await self._ready.wait()
+        if self._engine is None:
+            raise self._failure or Unavailable("the engine has stopped")
+        return self._engine
+
+    async def _serve(self) -> None:
+        assert self._ready is not None and self._stop is not None
+        if self._failure is not None:  # preload failed; it is logged already
+            self._ready.set()
+            return
+        try:
+            async with NliEngine.start(self.settings, model=self._model) as engine:
+                self._engine = engine
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as err:
+            if self._ready.is_set():
+                log.exception("engine_failed")
+                self._failure = Unavailable(f"the engine failed: {type(err).__name__}: {err}")
+            else:
+                log.exception("model_load_failed", model=self.settings.model_name)
+                self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
+        finally:
+            self._engine = None
+            self._ready.set()
+
+    async def aclose(self) -> None:
+        """Stop the engine (if started) and wait for it: the batcher fails what is in flight."""
+        if self._task is None:
+            return
+        assert self._stop is not None
+        self._stop.set()
+        await self._task
+
+    async def __aenter__(self) -> ServerlessWorker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+_default: ServerlessWorker | None = None
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """The module-level handler: the worker ``start`` installed, or one from the environment."""
+    global _default
+    if _default is None:
+        _default = ServerlessWorker(Settings.from_env())
+    return await _default.handler(job)
+
+
+def start(settings: Settings) -> None:
+    """Run the RunPod SDK's worker (or its ``--test_input`` / ``--rp_serve_api`` local modes).
+
+    The SDK parses ``sys.argv`` with ``parse_known_args``, so a leading ``serverless``
+    subcommand is left alone. Its job-fetch loop needs a constant concurrency: a changing one
+    stalls it until every job in flight has finished.
+    """
+    global _default
+    from worker.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    if _runs_locally() and settings.log_level.upper() != "DEBUG":
+        _show_sdk_info()  # the SDK prints a local job's result through its INFO lines
+    _default = ServerlessWorker(settings)
+    _default.preload()
+    import runpod
+
+    runpod.serverless.start({
+        "handler": handler,
+        "concurrency_modifier": lambda current: settings.max_concurrency,
+        "return_aggregate_stream": False,
+    })
+
+
+def _runs_locally() -> bool:
+    """The SDK's own test: a ``--test_input`` flag, or no job-take URL to poll."""
+    flagged = any(arg.startswith("--test_input") for arg in sys.argv)
+    return flagged or os.environ.get("RUNPOD_WEBHOOK_GET_JOB") is None
+
+
+def _show_sdk_info() -> None:
+    if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL"):
+        return
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    RunPodLogger().level = "INFO"
