@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,14 +27,13 @@ from transformers import pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtest.burst import classify_jobs  # noqa: E402
+from loadtest.burst import BurstRun, burst, classify_jobs, one_at_a_time  # noqa: E402
 from loadtest.stats import latency_summary_ms  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
 from worker import hypotheses  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.model import NliModel  # noqa: E402
-from worker.service import run_job  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 LABELS = [hypotheses.OPINION, hypotheses.STRAIGHT_NEWS, *hypotheses.TEMPORAL.values()]
@@ -52,7 +50,7 @@ def seed_way(model: NliModel, jobs: list[dict]) -> dict:
         company = hypotheses.COMPANY.format(company=job["company"])
         classifier(job["headline"], candidate_labels=[company], hypothesis_template="{}", multi_label=True)
     wall = time.perf_counter() - started
-    return _row("seed way: pipeline per headline, fp32", jobs, wall)
+    return _row("seed way: pipeline per headline, fp32", len(jobs), wall)
 
 
 def careful_pipeline(model: NliModel, jobs: list[dict]) -> dict:
@@ -70,61 +68,35 @@ def careful_pipeline(model: NliModel, jobs: list[dict]) -> dict:
         label = hypotheses.COMPANY.format(company=company)
         classifier(group, candidate_labels=[label], hypothesis_template="{}", multi_label=True, batch_size=64)
     wall = time.perf_counter() - started
-    return _row(f"careful pipeline: list, batch_size=64, {_dtype(model)}", jobs, wall)
+    return _row(f"careful pipeline: list, batch_size=64, {_dtype(model)}", len(jobs), wall)
 
 
 async def engine_runs(settings: Settings, model: NliModel, jobs: list[dict], sustained: list[dict],
                       repeats: int, idle_jobs: int) -> list[dict]:
     schema = build_job_schema(settings.limits)
     async with NliEngine.start(settings, model=model) as engine:
-
-        async def burst(batch: list[dict]) -> tuple[float, int, int, float, list[float]]:
-            stats = engine.batcher.stats
-            batches0, items0, real0, padded0 = stats.batches, stats.items, stats.real_tokens, stats.padded_tokens
-            latencies: list[float] = []
-
-            async def one(job: dict) -> None:
-                output = await run_job(engine, schema, job)
-                assert "error" not in output, output
-                latencies.append(time.perf_counter() - started)
-
-            started = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for job in batch:
-                    tg.start_soon(one, job)
-            wall = time.perf_counter() - started
-            efficiency = (stats.real_tokens - real0) / max(1, stats.padded_tokens - padded0)
-            return wall, stats.batches - batches0, stats.items - items0, efficiency, latencies
-
-        await burst(jobs)  # warm: every shape the burst needs
-        walls, runs = [], []
-        for _ in range(repeats):
-            result = await burst(jobs)
-            walls.append(result[0])
-            runs.append(result)
-        median = runs[walls.index(statistics.median_low(walls))]
-        wall, batches, pairs, efficiency, latencies = median
-        rows = [_row(f"engine: {len(jobs)} jobs at once (median of {repeats})", jobs, wall, pairs=pairs,
-                     batches=batches, efficiency=efficiency, p99_ms=latency_summary_ms(latencies)["p99"])]
-
-        wall, batches, pairs, efficiency, latencies = await burst(sustained)
-        rows.append(_row(f"engine: {len(sustained)} jobs at once (sustained)", sustained, wall, pairs=pairs,
-                         batches=batches, efficiency=efficiency, p99_ms=latency_summary_ms(latencies)["p99"]))
-
-        idle = []
-        for job in jobs[:idle_jobs]:
-            started = time.perf_counter()
-            await run_job(engine, schema, job)
-            idle.append(time.perf_counter() - started)
+        await burst(engine, schema, jobs)  # warm: every shape the burst needs
+        runs = [await burst(engine, schema, jobs) for _ in range(repeats)]
+        median = sorted(runs, key=lambda run: run.wall_s)[(len(runs) - 1) // 2]  # the median_low run
+        rows = [_engine_row(f"engine: {len(jobs)} jobs at once (median of {repeats})", median)]
+        rows.append(_engine_row(f"engine: {len(sustained)} jobs at once (sustained)",
+                                await burst(engine, schema, sustained)))
+        idle = await one_at_a_time(engine, schema, jobs[:idle_jobs])
         rows.append({"way": "engine: one job alone", "idle_p50_ms": latency_summary_ms(idle)["p50"]})
     return rows
 
 
-def _row(way: str, jobs: list[dict], wall: float, *, pairs: int | None = None, batches: int | None = None,
+def _engine_row(way: str, run: BurstRun) -> dict:
+    assert not run.failed, f"{run.failed} jobs failed"
+    return _row(way, run.jobs, run.wall_s, pairs=run.pairs, batches=run.batches,
+                efficiency=run.padding_efficiency, p99_ms=latency_summary_ms(run.latencies_s)["p99"])
+
+
+def _row(way: str, jobs: int, wall: float, *, pairs: int | None = None, batches: int | None = None,
          efficiency: float | None = None, p99_ms: float | None = None) -> dict:
-    pairs = pairs if pairs is not None else 6 * len(jobs)
+    pairs = pairs if pairs is not None else 6 * jobs
     return {
-        "way": way, "jobs": len(jobs), "pairs": pairs, "wall_ms": round(wall * 1000, 1),
+        "way": way, "jobs": jobs, "pairs": pairs, "wall_ms": round(wall * 1000, 1),
         "pairs_per_s": round(pairs / wall, 1), "batches": batches,
         "mean_batch_pairs": round(pairs / batches, 1) if batches else None,
         "padding_efficiency": round(efficiency, 3) if efficiency is not None else None,

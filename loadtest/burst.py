@@ -14,7 +14,7 @@ import anyio
 
 from loadtest.headlines import headlines
 from loadtest.stats import latency_summary_ms
-from schemas import build_job_schema
+from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
 from worker.service import run_job
 from worker.settings import Settings
@@ -74,49 +74,78 @@ def classify_jobs(count: int, *, company_every: int = 1) -> list[dict]:
     return jobs
 
 
+@dataclass(frozen=True, slots=True)
+class BurstRun:
+    """One burst against a running engine: its wall time, latencies and the batches it caused."""
+
+    jobs: int
+    failed: int
+    wall_s: float
+    latencies_s: list[float]
+    batches: int
+    pairs: int
+    padding_efficiency: float
+
+
+async def burst(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) -> BurstRun:
+    """Submit every job at once through the service path and wait for all of them."""
+    stats = engine.batcher.stats
+    batches0, items0, real0, padded0 = stats.batches, stats.items, stats.real_tokens, stats.padded_tokens
+    latencies: list[float] = []
+    failures = 0
+
+    async def one(job_input: dict) -> None:
+        nonlocal failures
+        output = await run_job(engine, schema, job_input)
+        latencies.append(time.perf_counter() - started)
+        failures += "error" in output
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for job_input in job_inputs:
+            tg.start_soon(one, job_input)
+    wall_s = time.perf_counter() - started
+    padded = stats.padded_tokens - padded0
+    return BurstRun(
+        jobs=len(job_inputs),
+        failed=failures,
+        wall_s=wall_s,
+        latencies_s=latencies,
+        batches=stats.batches - batches0,
+        pairs=stats.items - items0,
+        padding_efficiency=(stats.real_tokens - real0) / padded if padded else 1.0,
+    )
+
+
+async def one_at_a_time(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) -> list[float]:
+    """Latency of each job submitted alone: what a quiet minute's job sees."""
+    latencies = []
+    for job_input in job_inputs:
+        started = time.perf_counter()
+        await run_job(engine, schema, job_input)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 async def run_burst(settings: Settings, *, jobs: int, idle_jobs: int = 10) -> BurstReport:
     """Time ``idle_jobs`` jobs one at a time, then ``jobs`` jobs submitted at once."""
     schema = build_job_schema(settings.limits)
     async with NliEngine.start(settings) as engine:
-        idle_latencies = []
-        for job_input in classify_jobs(idle_jobs):
-            started = time.perf_counter()
-            await run_job(engine, schema, job_input)
-            idle_latencies.append(time.perf_counter() - started)
-
-        before = engine.batcher.stats
-        batches0, items0, real0, padded0 = before.batches, before.items, before.real_tokens, before.padded_tokens
-        latencies: list[float] = []
-        failures = 0
-
-        async def one(job_input: dict) -> None:
-            nonlocal failures
-            output = await run_job(engine, schema, job_input)
-            latencies.append(time.perf_counter() - burst_started)
-            failures += "error" in output
-
-        burst_started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for job_input in classify_jobs(jobs):
-                tg.start_soon(one, job_input)
-        wall_s = time.perf_counter() - burst_started
-
-        stats = engine.batcher.stats
-        batches, pairs = stats.batches - batches0, stats.items - items0
-        padded = stats.padded_tokens - padded0
+        idle_latencies = await one_at_a_time(engine, schema, classify_jobs(idle_jobs))
+        run = await burst(engine, schema, classify_jobs(jobs))
         return BurstReport(
             model=engine.model.name,
             device=str(engine.model.device),
-            jobs=jobs,
-            failed=failures,
-            pairs=pairs,
-            batches=batches,
-            mean_batch_pairs=pairs / batches if batches else 0.0,
-            padding_efficiency=(stats.real_tokens - real0) / padded if padded else 1.0,
-            wall_s=wall_s,
-            jobs_per_s=jobs / wall_s,
-            pairs_per_s=pairs / wall_s,
-            latency_ms=latency_summary_ms(latencies),
+            jobs=run.jobs,
+            failed=run.failed,
+            pairs=run.pairs,
+            batches=run.batches,
+            mean_batch_pairs=run.pairs / run.batches if run.batches else 0.0,
+            padding_efficiency=run.padding_efficiency,
+            wall_s=run.wall_s,
+            jobs_per_s=run.jobs / run.wall_s,
+            pairs_per_s=run.pairs / run.wall_s,
+            latency_ms=latency_summary_ms(run.latencies_s),
             idle_latency_ms=latency_summary_ms(idle_latencies),
             model_load_s=engine.startup.model_load_s,
             warmup_s=engine.startup.warmup_s,
