@@ -289,12 +289,8 @@ class Batcher(Generic[P, C, R]):
         window: list[_Entry] = []
         while self._queue and len(window) < self.policy.window_items:
             entry = self._queue.popleft()
-            if entry.job.finished:
-                continue
-            if entry.job.deadline <= now:
-                self._finish(entry.job, DeadlineExceeded("expired while queued"))
-                continue
-            window.append(entry)
+            if self._alive(entry, now):
+                window.append(entry)
         chosen = select_batch(
             [e.cost for e in window],
             max_tokens=self._budget_tokens,
@@ -311,6 +307,12 @@ class Batcher(Generic[P, C, R]):
             self._queued_items -= 1
             self._queued_tokens -= entry.cost
         return batch
+
+    def _alive(self, entry: _Entry, now: float) -> bool:
+        """Whether the item's job still wants it; a job past its deadline is ended here."""
+        if not entry.job.finished and entry.job.deadline <= now:
+            self._finish(entry.job, DeadlineExceeded("expired before compute"))
+        return not entry.job.finished
 
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
         started = anyio.current_time()
@@ -336,12 +338,10 @@ class Batcher(Generic[P, C, R]):
         now = anyio.current_time()
         live = []
         for entry in prepared.entries:
-            if not entry.job.finished and entry.job.deadline <= now:
-                self._finish(entry.job, DeadlineExceeded("expired before compute"))
-            if entry.job.finished:
-                self.stats.items_dropped += 1
-            else:
+            if self._alive(entry, now):
                 live.append(entry)
+            else:
+                self.stats.items_dropped += 1  # taken from the queue already: not counted yet
         if not live:
             return
         collated = prepared.collated if len(live) == len(prepared.entries) else None
