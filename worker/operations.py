@@ -114,6 +114,10 @@ class Scoring:
         rows = np.asarray(rows).reshape(-1, len(self.labels))
         return softmax(rows[:, [self.contradiction, self.entailment]])[:, 1]
 
+    def entailed_by_name(self, rows: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """``entailed`` for named hypotheses, each scored on its own, keyed by name."""
+        return _by_name(list(rows), self.entailed(np.stack(list(rows.values()))))
+
     def competing(self, rows: np.ndarray) -> np.ndarray:
         """Single-label style: softmax over the rows' entailment logits (rows compete)."""
         return softmax(np.asarray(rows).reshape(-1, len(self.labels))[:, self.entailment])
@@ -265,12 +269,10 @@ def _routine_operations(op: RoutineOperationsJob, scoring: Scoring) -> Plan[Rout
 
     def build(parts: list[Any]) -> RoutineOperationsResult:
         core, rows = parts
-        by_ticker = {}
-        for ticker in tickers:
-            score = float(scoring.entailed(rows[ticker])[0])
-            by_ticker[ticker] = RoutineOperationScore(
-                is_routine=score >= scoring.thresholds.routine, score=score
-            )
+        by_ticker = {
+            ticker: RoutineOperationScore(is_routine=score >= scoring.thresholds.routine, score=score)
+            for ticker, score in scoring.entailed_by_name(rows).items()
+        }
         return RoutineOperationsResult(
             headline=op.headline, core_classification=core, routine_operations_by_ticker=by_ticker
         )
@@ -289,7 +291,7 @@ def _quantitative(op: QuantitativeCatalystJob, scoring: Scoring) -> Plan[Quantit
     values = extract_catalyst_values(op.headline)
 
     def build(rows: dict[str, np.ndarray]) -> QuantitativeCatalystResult:
-        scores = {name: float(scoring.entailed(row)[0]) for name, row in rows.items()}
+        scores = scoring.entailed_by_name(rows)
         best, confidence = _best(scores)
         found = confidence >= scoring.thresholds.quantitative_catalyst and bool(values)
         return QuantitativeCatalystResult(
@@ -307,7 +309,7 @@ def _quantitative(op: QuantitativeCatalystJob, scoring: Scoring) -> Plan[Quantit
 @_plan.register
 def _strategic(op: StrategicCatalystJob, scoring: Scoring) -> Plan[StrategicCatalystResult]:
     def build(rows: dict[str, np.ndarray]) -> StrategicCatalystResult:
-        scores = {name: float(scoring.entailed(row)[0]) for name, row in rows.items()}
+        scores = scoring.entailed_by_name(rows)
         best, confidence = _best(scores)
         found = confidence >= scoring.thresholds.strategic_catalyst
         return StrategicCatalystResult(
