@@ -20,7 +20,27 @@ def main(argv: list[str] | None = None) -> int:
         "serverless",
         help="run as a RunPod serverless worker (the SDK's --test_input and --rp_serve_api work too)",
     )
-    args, _sdk_args = parser.parse_known_args(argv)  # the runpod SDK reads its own flags from sys.argv
+    pod = commands.add_parser("pod", help="serve the RunPod job API over HTTP, always on (see README.md)")
+    pod.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    pod.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    pod.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding beyond loopback without API_KEY (anyone who can reach the port can submit jobs)",
+    )
+    pod.add_argument("--record", metavar="PATH", help="append every accepted job to this load-test trace file")
+    bake = commands.add_parser(
+        "bake-model", help="download (or build) a model and tokenizer into a directory and check they load"
+    )
+    bake.add_argument("--model", required=True, help="Hugging Face id, local directory or synthetic:NAME")
+    bake.add_argument("--out", required=True, help="directory to write; MODEL_NAME can point at it")
+    args, sdk_args = parser.parse_known_args(argv)  # the runpod SDK reads its own flags from sys.argv
+    if args.command != "serverless" and sdk_args:
+        parser.error(f"unrecognized arguments: {' '.join(sdk_args)}")
+    if args.command == "bake-model":
+        from worker.bake import bake_model_command
+
+        return bake_model_command(args.model, args.out)
 
     try:
         settings = Settings.from_env()
@@ -32,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.serverless import start
 
         start(settings)
+    elif args.command == "pod":
+        from worker.pod import serve
+
+        return serve(settings, host=args.host, port=args.port, insecure=args.insecure, record=args.record)
     return 0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import structlog
 
 from batching import Batcher, BatchStats, InvalidInput
+from worker.metrics import Metrics
 from worker.model import NliModel, PairTokens
 from worker.settings import Settings
 
@@ -44,10 +45,13 @@ class NliEngine:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         model: NliModel | None = None,
+        metrics: Metrics | None = None,
     ) -> AsyncIterator[NliEngine]:
         """Load (off the event loop) and warm the model, then run the batcher until exit.
 
-        ``model`` skips loading: tests share one already-loaded model across engines.
+        Every batch is logged (one line: pairs, tokens, padding efficiency, ms) and, with
+        ``metrics``, observed; ``on_batch`` sees it too. ``model`` skips loading: tests share one
+        already-loaded model across engines.
         """
         started = anyio.current_time()
         if model is None:
@@ -69,8 +73,25 @@ class NliEngine:
             model_load_s=round(startup.model_load_s, 3),
             warmup_s=round(warmup_s, 3),
         )
-        async with Batcher(model, policy, on_batch=on_batch) as batcher:
-            yield cls(model, batcher, settings, startup)
+
+        def observe(batch: BatchStats) -> None:
+            _log_batch(batch)
+            if metrics is not None:
+                metrics.observe_batch(batch)
+            if on_batch is not None:
+                on_batch(batch)
+
+        async with Batcher(model, policy, on_batch=observe) as batcher:
+            if metrics is not None:
+                metrics.observe_startup(startup.model_load_s, startup.warmup_s)
+                metrics.watch_queue(
+                    lambda: batcher.queued_items, lambda: batcher.queued_tokens, lambda: batcher.inflight_jobs
+                )
+            try:
+                yield cls(model, batcher, settings, startup)
+            finally:
+                if metrics is not None:
+                    metrics.model_ready.set(0)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -97,3 +118,19 @@ class NliEngine:
             tokens, [t.length for t in tokens], timeout_s=self.settings.job_timeout_s
         )
         return np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+
+def _log_batch(batch: BatchStats) -> None:
+    log.info(
+        "batch",
+        pairs=batch.items,
+        jobs=batch.jobs,
+        tokens=batch.real_tokens,
+        padded_tokens=batch.padded_tokens,
+        padded_len=batch.padded_len,
+        padding_efficiency=round(batch.padding_efficiency, 3),
+        compute_ms=round(batch.compute_s * 1e3, 2),
+        collate_ms=round(batch.collate_s * 1e3, 2),
+        idle_gap_ms=round(batch.idle_gap_s * 1e3, 2),
+        max_queue_wait_ms=round(max(batch.queue_wait_s, default=0.0) * 1e3, 2),
+    )

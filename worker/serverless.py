@@ -19,10 +19,12 @@ from typing import Any
 
 import anyio
 import structlog
+from prometheus_client import CollectorRegistry, start_http_server
 
 from batching import Unavailable
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
+from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.service import run_job
 from worker.settings import Settings
@@ -33,10 +35,12 @@ log = structlog.get_logger("worker.serverless")
 class ServerlessWorker:
     """Settings, an optional already-loaded model, and the engine started on the first job."""
 
-    def __init__(self, settings: Settings, *, model: NliModel | None = None) -> None:
+    def __init__(self, settings: Settings, *, model: NliModel | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.schema: JobSchema = build_job_schema(settings.limits)
         self._model = model
+        self._load_s: float | None = None
         self._engine: NliEngine | None = None
         self._failure: Unavailable | None = None
         self._ready: anyio.Event | None = None
@@ -60,8 +64,8 @@ class ServerlessWorker:
             log.exception("model_load_failed", model=settings.model_name)
             self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
             return
-        load_s = round(time.perf_counter() - started, 3)
-        log.info("model_loaded", model=settings.model_name, model_load_s=load_s)
+        self._load_s = time.perf_counter() - started
+        log.info("model_loaded", model=settings.model_name, model_load_s=round(self._load_s, 3))
 
     @property
     def engine(self) -> NliEngine | None:
@@ -76,7 +80,7 @@ class ServerlessWorker:
             engine = await self.ready()
         except Unavailable as err:
             return {"error": str(err)}
-        return await run_job(engine, self.schema, job_input, job_id=job_id)
+        return await run_job(engine, self.schema, job_input, job_id=job_id, metrics=self.metrics)
 
     async def ready(self) -> NliEngine:
         """Start the engine if no job has yet, wait until it runs, and return it."""
@@ -94,8 +98,10 @@ class ServerlessWorker:
             self._ready.set()
             return
         try:
-            async with NliEngine.start(self.settings, model=self._model) as engine:
+            async with NliEngine.start(self.settings, model=self._model, metrics=self.metrics) as engine:
                 self._engine = engine
+                if self.metrics is not None and self._load_s is not None:
+                    self.metrics.model_load.set(self._load_s)  # the engine saw a loaded model
                 self._ready.set()
                 await self._stop.wait()
         except Exception as err:
@@ -148,7 +154,11 @@ def start(settings: Settings) -> None:
     configure_logging(settings.log_level)
     if _runs_locally() and settings.log_level.upper() != "DEBUG":
         _show_sdk_info()  # the SDK prints a local job's result through its INFO lines
-    _default = ServerlessWorker(settings)
+    metrics = Metrics(CollectorRegistry())
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+        log.info("metrics_serving", port=settings.metrics_port)
+    _default = ServerlessWorker(settings, metrics=metrics)
     _default.preload()
     import runpod
 

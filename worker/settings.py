@@ -48,12 +48,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     warmup_max_len: int = 128
     """Sequence-length buckets up to this are run once at start-up."""
     log_level: str = "INFO"
+    api_key: str | None = None
+    """Pod mode: when set, every route but ``/ping`` and ``/metrics`` needs ``Authorization: Bearer <key>``."""
+    job_ttl_s: float = 600.0
+    """Pod mode: how long a finished job's status and output stay readable."""
+    max_finished_jobs: int = 100_000
+    """Pod mode: finished jobs kept at most; the oldest are forgotten first."""
+    max_body_bytes: int = 1_048_576
+    """Pod mode: larger request bodies are refused with 413."""
+    metrics_port: int | None = None
+    """Serverless mode: serve Prometheus ``/metrics`` on this port (pod mode serves it on its own port)."""
     limits: Limits = Limits()
     thresholds: Thresholds = Thresholds()
     """Decision thresholds, each read from ``<NAME>_THRESHOLD`` (``OPINION_THRESHOLD``, ...)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrency", "window_pairs", "max_queue_pairs", "max_queue_tokens", "warmup_max_len"):
+        for name in (
+            "max_concurrency", "window_pairs", "max_queue_pairs", "max_queue_tokens", "warmup_max_len",
+            "max_finished_jobs", "max_body_bytes",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()}: must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_tokens", "max_batch_pairs"):
@@ -64,8 +77,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"MAX_WAIT_MS: must not be negative, got {self.max_wait_ms}")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
             raise SettingsError(f"JOB_TIMEOUT_S: must be positive, got {self.job_timeout_s}")
+        if self.job_ttl_s <= 0:
+            raise SettingsError(f"JOB_TTL_S: must be positive, got {self.job_ttl_s}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise SettingsError(f"METRICS_PORT: must be a TCP port (1-65535), got {self.metrics_port}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise SettingsError("API_KEY: must not be blank")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}")
+
+    def __repr__(self) -> str:
+        """Like msgspec's, with the API key masked: settings may be logged or printed."""
+        fields = ", ".join(
+            f"{name}={'***' if name == 'api_key' and self.api_key else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"Settings({fields})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -1,0 +1,110 @@
+"""Prometheus metrics, shared by the serverless and pod front ends.
+
+The names are a contract with dashboards (see README.md): change them only with a note. A
+registry is passed in, so tests and several workers in one process never collide on the global
+one. Sizes use power-of-two buckets (batches are cut to powers of two and padded to multiples of
+8); times run from a tenth of a millisecond to tens of seconds.
+
+Job ``status`` is ``completed``, ``cancelled`` or the error code the job ended with
+(``invalid_input``, ``overloaded``, ``timed_out``, ``unavailable``, ``inference_failed``,
+``internal``); ``nli_rejected_total{reason}`` counts jobs refused before any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from batching import BatchStats
+
+TIME_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+PAIR_BUCKETS = tuple(float(2**k) for k in range(13))  # 1 .. 4096 pairs
+TOKEN_BUCKETS = tuple(float(2**k) for k in range(3, 19))  # 8 .. 262144 padded tokens
+EFFICIENCY_BUCKETS = (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+class Metrics:
+    """The ``nli_`` series in one registry, and the calls that feed them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.jobs = Counter(
+            "nli_jobs", "Jobs ended, by operation and how they ended.", ["operation", "status"], registry=registry
+        )
+        self.job_latency = Histogram(
+            "nli_job_latency_seconds",
+            "From a job's arrival to its result (or error), by operation.",
+            ["operation"],
+            buckets=TIME_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "nli_queue_wait_seconds",
+            "A pair's wait from submission to the start of its batch's compute.",
+            buckets=TIME_BUCKETS,
+            registry=registry,
+        )
+        self.batch_pairs = Histogram("nli_batch_pairs", "Pairs in a batch.", buckets=PAIR_BUCKETS, registry=registry)
+        self.batch_tokens = Histogram(
+            "nli_batch_tokens", "Padded tokens in a batch (pairs x padded length).", buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.padding_efficiency = Histogram(
+            "nli_padding_efficiency", "Real tokens / padded tokens of a batch.", buckets=EFFICIENCY_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "nli_batch_seconds", "A batch's model time (forward pass and copies).", buckets=TIME_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.gpu_idle = Histogram(
+            "nli_gpu_idle_seconds",
+            "Idle gap of the model thread before a batch while its pairs were already queued.",
+            buckets=TIME_BUCKETS,
+            registry=registry,
+        )
+        self.queue_pairs = Gauge("nli_queue_pairs", "Pairs queued, not yet in a batch.", registry=registry)
+        self.queue_tokens = Gauge("nli_queue_tokens", "Tokens of the queued pairs.", registry=registry)
+        self.inflight_jobs = Gauge("nli_inflight_jobs", "Jobs submitted and not yet ended.", registry=registry)
+        self.rejected = Counter(
+            "nli_rejected", "Jobs refused before any work, by reason.", ["reason"], registry=registry
+        )
+        self.model_load = Gauge("nli_model_load_seconds", "Time to load the model's weights.", registry=registry)
+        self.model_warmup = Gauge(
+            "nli_model_warmup_seconds", "Time to warm every length bucket at start-up.", registry=registry
+        )
+        self.model_ready = Gauge("nli_model_ready", "1 while the model serves jobs, else 0.", registry=registry)
+
+    def observe_batch(self, batch: BatchStats) -> None:
+        """The engine's ``on_batch`` hook."""
+        self.batch_pairs.observe(batch.items)
+        self.batch_tokens.observe(batch.padded_tokens)
+        self.padding_efficiency.observe(batch.padding_efficiency)
+        self.batch_seconds.observe(batch.compute_s)
+        self.gpu_idle.observe(batch.idle_gap_s)
+        for wait in batch.queue_wait_s:
+            self.queue_wait.observe(wait)
+
+    def observe_job(self, operation: str, status: str, latency_s: float) -> None:
+        self.jobs.labels(operation=operation, status=status).inc()
+        self.job_latency.labels(operation=operation).observe(latency_s)
+
+    def observe_rejection(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def observe_startup(self, model_load_s: float, warmup_s: float) -> None:
+        self.model_load.set(model_load_s)
+        self.model_warmup.set(warmup_s)
+        self.model_ready.set(1)
+
+    def watch_queue(
+        self, queued_pairs: Callable[[], float], queued_tokens: Callable[[], float], inflight: Callable[[], float]
+    ) -> None:
+        """Read the gauges from the running engine at scrape time (no bookkeeping per job)."""
+        self.queue_pairs.set_function(queued_pairs)
+        self.queue_tokens.set_function(queued_tokens)
+        self.inflight_jobs.set_function(inflight)
