@@ -4,7 +4,7 @@ Knows nothing of models, HTTP or RunPod: only items, their costs and a runner th
 runs a batch.
 """
 
-from batching.batcher import Batcher, Runner
+from batching.batcher import Batcher, Runner, Ticket
 from batching.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -29,6 +29,7 @@ __all__ = [
     "ResourceExhausted",
     "Runner",
     "ServiceError",
+    "Ticket",
     "Unavailable",
     "padded_length",
     "select_batch",

@@ -97,6 +97,33 @@ class _DedicatedThread:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+class Ticket(Generic[R]):
+    """A job whose items are queued: await ``result()`` for them (cancel that await to drop them)."""
+
+    __slots__ = ("_batcher", "_job", "_timeout_s")
+
+    def __init__(self, batcher: Batcher[Any, Any, R], job: _Job, timeout_s: float | None) -> None:
+        self._batcher = batcher
+        self._job = job
+        self._timeout_s = timeout_s
+
+    async def result(self) -> list[R]:
+        """Wait for every item's result; raises the job's error, or re-raises cancellation
+        after dropping the job's queued items."""
+        job = self._job
+        try:
+            with anyio.move_on_after(job.deadline - anyio.current_time()) as waiting:
+                await job.done.wait()
+            if waiting.cancelled_caught:
+                self._batcher._finish(job, DeadlineExceeded(f"no result within {self._timeout_s:g} s"))
+        except BaseException:
+            self._batcher._finish(job, None)  # cancelled: drop what is still queued, then propagate
+            raise
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+
 class Batcher(Generic[P, C, R]):
     """Merge the items of concurrent jobs into shared batches for one runner.
 
@@ -164,35 +191,35 @@ class Batcher(Generic[P, C, R]):
         ``timeout_s``, ``InferenceFailed`` when the runner raised on one of its items, and
         re-raises cancellation after dropping the job's queued items.
         """
+        return await self.enqueue(payloads, costs, timeout_s=timeout_s).result()
+
+    def enqueue(self, payloads: Sequence[P], costs: Sequence[int], *, timeout_s: float | None = None) -> Ticket[R]:
+        """Admit and queue one job's items now, without waiting: ``submit`` in two steps.
+
+        A front end that must answer "accepted" or "overloaded" before the job runs (the pod
+        server's ``/run``) calls this, then awaits ``Ticket.result()`` in the background.
+        Raises ``Unavailable`` or ``Overloaded`` (or ``InvalidInput`` for a job larger than the
+        whole queue) before anything is queued.
+        """
         if not self._open:
             raise Unavailable("the batcher is not running")
         if len(payloads) != len(costs):
             raise ValueError(f"{len(payloads)} payloads but {len(costs)} costs")
-        if not payloads:
-            return []
-        tokens = sum(costs)
-        self._admit(len(costs), tokens)
-
         now = anyio.current_time()
         deadline = math.inf if timeout_s is None else now + timeout_s
-        job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), tokens)
+        job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), sum(costs))
+        if not payloads:
+            job.finished = True
+            job.done.set()
+            return Ticket(self, job, timeout_s)
+        self._admit(len(costs), job.queued_tokens)
         self._queue.extend(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
-        self._queued_items += len(payloads)
-        self._queued_tokens += tokens
+        self._queued_items += job.queued_items
+        self._queued_tokens += job.queued_tokens
         self._jobs.add(job)
         self.stats.jobs_submitted += 1
         self._notify()
-        try:
-            with anyio.move_on_after(deadline - now) as waiting:
-                await job.done.wait()
-            if waiting.cancelled_caught:
-                self._finish(job, DeadlineExceeded(f"no result within {timeout_s:g} s"))
-        except BaseException:
-            self._finish(job, None)  # cancelled: drop what is still queued, then propagate
-            raise
-        if job.error is not None:
-            raise job.error
-        return job.results
+        return Ticket(self, job, timeout_s)
 
     # ---- admission and job bookkeeping ---------------------------------------------------------
 

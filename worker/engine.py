@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import structlog
 
-from batching import Batcher, BatchStats, InvalidInput
+from batching import Batcher, BatchStats, InvalidInput, Ticket
 from worker.metrics import Metrics
 from worker.model import NliModel, PairTokens
 from worker.settings import Settings
@@ -113,11 +113,26 @@ class NliEngine:
 
     async def infer(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
+        return await self.enqueue(pairs).logits()
+
+    def enqueue(self, pairs: Sequence[tuple[str, str]]) -> QueuedPairs:
+        """Tokenize and queue the pairs now (raising ``Overloaded`` at once when the queue is
+        full); await ``.logits()`` on the result for them."""
         tokens = self.tokenize(pairs)
-        rows = await self.batcher.submit(
-            tokens, [t.length for t in tokens], timeout_s=self.settings.job_timeout_s
-        )
-        return np.stack(rows) if rows else np.zeros((0, len(self.labels)), dtype=np.float32)
+        ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=self.settings.job_timeout_s)
+        return QueuedPairs(ticket, len(self.labels))
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPairs:
+    """One job's pairs, admitted to the shared queue."""
+
+    ticket: Ticket[np.ndarray]
+    labels: int
+
+    async def logits(self) -> np.ndarray:
+        rows = await self.ticket.result()
+        return np.stack(rows) if rows else np.zeros((0, self.labels), dtype=np.float32)
 
 
 def _log_batch(batch: BatchStats) -> None:

@@ -1,5 +1,9 @@
 """The one job path both front ends share: decode, plan, infer once, aggregate, encode.
 
+It runs in two steps so a front end can answer "accepted" or "refused" before a job runs:
+``admit_job`` decodes, plans and queues the job's pairs (or raises the error that refuses it),
+``finish_job`` waits for them and builds the result. ``execute_job`` does both.
+
 Every way a job can end is decided here, so the serverless handler and the pod server answer
 alike: a ``ServiceError`` becomes ``{"error": "<code>: <message>"}``; anything else is a bug,
 logged with its traceback under the job's id and answered with a fixed ``internal`` message, so
@@ -9,20 +13,19 @@ and the batcher drops the job's queued pairs as the ``CancelledError`` passes th
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
-import numpy as np
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from batching import ServiceError
-from schemas import JOB_TYPES, JobSchema, operation_name
+from schemas import JOB_TYPES, OPERATIONS, JobSchema, operation_name
+from worker.engine import QueuedPairs
 from worker.metrics import Metrics
-from worker.operations import NliHead, plan_job
+from worker.operations import NliHead, Plan, plan_job
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.service")
@@ -37,7 +40,7 @@ class Engine(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    async def infer(self, pairs: list[tuple[str, str]]) -> np.ndarray: ...
+    def enqueue(self, pairs: list[tuple[str, str]]) -> QueuedPairs: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,19 @@ class JobOutcome:
         return self.output if self.output is not None else {"error": str(self.error)}
 
 
+@dataclass(frozen=True, slots=True)
+class AdmittedJob:
+    """A decoded job whose pairs are in the shared queue; ``finish_job`` waits for it."""
+
+    job_id: str | None
+    operation: str
+    plan: Plan
+    queued: QueuedPairs
+    arrived: float
+    """``time.perf_counter()`` at arrival: the latency clock's start."""
+    metrics: Metrics | None
+
+
 async def run_job(
     engine: Engine,
     schema: JobSchema,
@@ -81,45 +97,91 @@ async def execute_job(
     *,
     job_id: str | None = None,
     metrics: Metrics | None = None,
-    arrived: float | None = None,
 ) -> JobOutcome:
-    """Run one job (raw input, or one already decoded by ``schema``) to its ``JobOutcome``.
+    """Admit and finish one job: its ``JobOutcome``; raises only cancellation."""
+    arrived = time.perf_counter()
+    try:
+        admitted = admit_job(engine, schema, job_input, job_id=job_id, metrics=metrics, arrived=arrived)
+    except ServiceError as err:
+        return JobOutcome(_operation_of(job_input), None, err, time.perf_counter() - arrived, 0)
+    return await finish_job(admitted)
 
-    Raises only cancellation, which is counted as ``cancelled`` first. ``arrived`` (a
-    ``time.perf_counter()`` reading) starts the latency clock earlier than this call, for a
-    front end that queued the job itself.
+
+def admit_job(
+    engine: Engine,
+    schema: JobSchema,
+    job_input: object,
+    *,
+    job_id: str | None = None,
+    metrics: Metrics | None = None,
+    arrived: float | None = None,
+) -> AdmittedJob:
+    """Decode, plan, tokenize and queue a job's pairs now, without waiting for them.
+
+    ``job_input`` is a raw input or one ``schema`` already decoded. Raises the ``ServiceError``
+    that refuses the job (``invalid_input``, ``overloaded``, ``unavailable``; anything
+    unexpected becomes ``internal``), counted in ``metrics`` before it leaves.
     """
-    started = time.perf_counter() if arrived is None else arrived
-    operation, pairs = "unknown", 0
-    output: dict[str, Any] | None = None
-    error: ServiceError | None = None
-    with contextlib.ExitStack() as context:
-        context.enter_context(bound_contextvars(job_id=job_id))
+    arrived = time.perf_counter() if arrived is None else arrived
+    operation = "unknown"
+    with bound_contextvars(job_id=job_id):
         try:
             op = job_input if isinstance(job_input, JOB_TYPES) else schema.decode_input(job_input)
             operation = operation_name(op)
-            context.enter_context(bound_contextvars(operation=operation))
             plan = plan_job(op, engine.model, engine.settings.thresholds)
-            pairs = len(plan.pairs)
-            logits = await engine.infer(list(plan.pairs))
-            output = msgspec.to_builtins(plan.aggregate(logits))
-            log.debug("job_done", pairs=pairs, latency_ms=_ms_since(started))
+            queued = engine.enqueue(list(plan.pairs))
+        except ServiceError as err:
+            log.info("job_refused", operation=operation, error=str(err), code=err.code)
+            _observe_end(metrics, operation, err, arrived)
+            raise
+        except Exception as err:
+            log.exception("job_crashed", operation=operation)
+            internal = ServiceError(f"unexpected error; see the worker log (job {job_id})")
+            _observe_end(metrics, operation, internal, arrived)
+            raise internal from err
+    return AdmittedJob(job_id, operation, plan, queued, arrived, metrics)
+
+
+async def finish_job(job: AdmittedJob) -> JobOutcome:
+    """Wait for an admitted job's pairs and aggregate them; raises only cancellation.
+
+    Cancellation (the caller left, or ``/cancel``) drops the job's queued pairs as it passes
+    through the batcher and is counted as ``cancelled``.
+    """
+    output: dict[str, Any] | None = None
+    error: ServiceError | None = None
+    with bound_contextvars(job_id=job.job_id, operation=job.operation):
+        try:
+            output = msgspec.to_builtins(job.plan.aggregate(await job.queued.logits()))
+            log.debug("job_done", pairs=len(job.plan.pairs), latency_ms=_ms_since(job.arrived))
         except ServiceError as err:
             error = err
-            log.info("job_failed", error=str(err), code=err.code, latency_ms=_ms_since(started))
+            log.info("job_failed", error=str(err), code=err.code, latency_ms=_ms_since(job.arrived))
         except Exception:
             log.exception("job_crashed")
-            error = ServiceError(f"unexpected error; see the worker log (job {job_id})")
+            error = ServiceError(f"unexpected error; see the worker log (job {job.job_id})")
         except BaseException:
-            if metrics is not None:
-                metrics.observe_job(operation, "cancelled", time.perf_counter() - started)
+            if job.metrics is not None:
+                job.metrics.observe_job(job.operation, "cancelled", time.perf_counter() - job.arrived)
             raise
-    outcome = JobOutcome(operation, output, error, time.perf_counter() - started, pairs)
-    if metrics is not None:
-        metrics.observe_job(operation, outcome.status, outcome.latency_s)
-        if error is not None and error.code in _REJECTIONS:
-            metrics.observe_rejection(error.code)
+    outcome = JobOutcome(job.operation, output, error, time.perf_counter() - job.arrived, len(job.plan.pairs))
+    _observe_end(job.metrics, job.operation, error, job.arrived)
     return outcome
+
+
+def _observe_end(metrics: Metrics | None, operation: str, error: ServiceError | None, arrived: float) -> None:
+    if metrics is None:
+        return
+    metrics.observe_job(operation, "completed" if error is None else error.code, time.perf_counter() - arrived)
+    if error is not None and error.code in _REJECTIONS:
+        metrics.observe_rejection(error.code)
+
+
+def _operation_of(job_input: object) -> str:
+    if isinstance(job_input, JOB_TYPES):
+        return operation_name(job_input)
+    operation = job_input.get("operation") if isinstance(job_input, dict) else None
+    return operation if isinstance(operation, str) and operation in OPERATIONS else "unknown"
 
 
 _REJECTIONS = frozenset({"invalid_input", "overloaded", "unavailable"})
