@@ -1,46 +1,36 @@
-"""``python -m loadtest``: drive the engine with bursts of jobs and report what happened."""
+"""``python -m loadtest``: generate, replay and emulate: drive the worker with bursts of jobs.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit status); this file only dispatches, importing just the one asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
 
-import anyio
-
-from loadtest.burst import report_dict, run_burst
-from worker.logs import configure_logging
-from worker.settings import Settings, SettingsError
+COMMANDS: dict[str, tuple[str, str]] = {
+    "burst": ("loadtest.burst_command", "submit a burst of classify jobs at once to an in-process engine"),
+    "generate": ("loadtest.generate", "write a burst trace shaped like the news feed"),
+    "replay": ("loadtest.replay", "replay a trace against the worker in process, a pod, or a RunPod endpoint"),
+    "emulate-runpod": ("loadtest.emulator", "run a local stand-in for RunPod's queue that real workers poll"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    burst = commands.add_parser(
-        "burst", help="submit a burst of classify jobs at once to an in-process engine and report"
-    )
-    burst.add_argument("--model", default="synthetic:distilbert-mnli",
-                       help="model name (default: %(default)s, offline, random weights, real speed)")
-    burst.add_argument("--jobs", type=int, default=339, help="jobs submitted at once (default: %(default)s, "
-                       "the busiest news minute seen)")
-    burst.add_argument("--idle-jobs", type=int, default=10, help="jobs timed one at a time first")
-    burst.add_argument("--device", help="cuda, cpu, ... (default: CUDA when available)")
-    burst.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
-    burst.add_argument("--log-level", default="WARNING", help="worker log level (default: %(default)s)")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-
-    configure_logging(args.log_level)
-    try:
-        settings = Settings.from_env(model_name=args.model, device=args.device, log_level=args.log_level)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report = anyio.run(lambda: run_burst(settings, jobs=args.jobs, idle_jobs=args.idle_jobs))
-    print(report.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(report_dict(report), out, indent=2)
-    return 1 if report.failed else 0
+    return int(args.run(args))
 
 
 if __name__ == "__main__":
