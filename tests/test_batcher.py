@@ -337,3 +337,19 @@ async def test_every_batch_is_reported_with_its_shape():
     assert stats.padded_tokens == 48
     assert stats.padding_efficiency == pytest.approx(29 / 48)
     assert len(stats.queue_wait_s) == 2
+
+
+async def test_enqueue_admits_or_refuses_before_returning_and_the_ticket_waits():
+    runner = FakeRunner()
+    runner.hold()
+    async with Batcher(runner, policy(max_queue_items=4)) as batcher:
+        first = batcher.enqueue(job("a", 3), [10] * 3)  # no await in between: queued now
+        assert batcher.queued_items == 3
+        with pytest.raises(Overloaded):
+            batcher.enqueue(job("b", 2), [10] * 2)
+        assert batcher.queued_items == 3  # the refused job left nothing behind
+        assert await batcher.enqueue([], []).result() == []
+        runner.release()
+        assert await first.result() == ["out:a.0", "out:a.1", "out:a.2"]
+    with pytest.raises(Unavailable):
+        batcher.enqueue(job("late", 1), [10])

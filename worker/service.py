@@ -48,7 +48,7 @@ class JobOutcome:
     """How one job ended: its output, or the error a caller reads."""
 
     operation: str
-    """The job's operation; ``unknown`` when its input did not decode."""
+    """The job's operation; ``unknown`` when its input names none of the nine."""
     output: dict[str, Any] | None
     error: ServiceError | None
     latency_s: float
@@ -123,7 +123,7 @@ def admit_job(
     unexpected becomes ``internal``), counted in ``metrics`` before it leaves.
     """
     arrived = time.perf_counter() if arrived is None else arrived
-    operation = "unknown"
+    operation = _operation_of(job_input)  # a known name even when the rest does not decode
     with bound_contextvars(job_id=job_id):
         try:
             op = job_input if isinstance(job_input, JOB_TYPES) else schema.decode_input(job_input)

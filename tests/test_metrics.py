@@ -1,0 +1,72 @@
+"""The ``nli_`` Prometheus series as the service and engine feed them (names are a dashboard contract)."""
+
+from __future__ import annotations
+
+import functools
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from batching import Overloaded
+from schemas import DEFAULT_SCHEMA
+from worker.engine import NliEngine
+from worker.metrics import Metrics
+from worker.model import NliModel
+from worker.service import admit_job, execute_job, finish_job
+from worker.settings import Settings
+
+CONTRACT = (
+    "nli_jobs_total", "nli_job_latency_seconds", "nli_queue_wait_seconds", "nli_batch_pairs", "nli_batch_tokens",
+    "nli_padding_efficiency", "nli_batch_seconds", "nli_gpu_idle_seconds", "nli_queue_pairs", "nli_inflight_jobs",
+    "nli_rejected_total", "nli_model_load_seconds",
+)  # fmt: skip
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+async def test_jobs_batches_rejections_and_gauges_are_counted(tiny_model: NliModel) -> None:
+    metrics = Metrics(CollectorRegistry())
+    settings = Settings(device="cpu", max_queue_pairs=20)
+    async with NliEngine.start(settings, model=tiny_model, metrics=metrics) as engine:
+        assert value(metrics, "nli_model_ready") == 1
+        jobs = [{"operation": "classify", "headline": f"Apple Declares ${i}.25 Dividend"} for i in range(3)]
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(functools.partial(execute_job, engine, DEFAULT_SCHEMA, job, metrics=metrics))
+        bad = await execute_job(engine, DEFAULT_SCHEMA, {"operation": "classify"}, metrics=metrics)
+        assert bad.status == "invalid_input" and bad.operation == "classify"
+        queued = admit_job(engine, DEFAULT_SCHEMA, {"operation": "nli", "pairs": [["a", "b"]] * 15}, metrics=metrics)
+        assert value(metrics, "nli_queue_pairs") == 15 and value(metrics, "nli_inflight_jobs") == 1
+        with pytest.raises(Overloaded):
+            admit_job(engine, DEFAULT_SCHEMA, {"operation": "nli", "pairs": [["a", "b"]] * 6}, metrics=metrics)
+        assert (await finish_job(queued)).status == "completed"
+    text = generate_latest(metrics.registry).decode()
+    for name in CONTRACT:
+        assert f"\n{name}" in text or text.startswith(name) or f"# TYPE {name}" in text, name
+    assert value(metrics, "nli_jobs_total", operation="classify", status="completed") == 3
+    assert value(metrics, "nli_jobs_total", operation="classify", status="invalid_input") == 1
+    assert value(metrics, "nli_jobs_total", operation="nli", status="overloaded") == 1
+    assert value(metrics, "nli_rejected_total", reason="overloaded") == 1
+    assert value(metrics, "nli_rejected_total", reason="invalid_input") == 1
+    assert value(metrics, "nli_job_latency_seconds_count", operation="classify") == 4
+    pairs = value(metrics, "nli_batch_pairs_sum")
+    assert pairs == 3 * 5 + 15  # classify without a company: 5 pairs a headline
+    assert value(metrics, "nli_queue_wait_seconds_count") == pairs
+    assert value(metrics, "nli_batch_pairs_count") == value(metrics, "nli_batch_seconds_count") >= 1
+    assert 0 < value(metrics, "nli_padding_efficiency_sum") <= value(metrics, "nli_padding_efficiency_count")
+    assert value(metrics, "nli_model_ready") == 0  # the engine stopped
+
+
+async def test_a_cancelled_job_is_counted_as_cancelled(tiny_model: NliModel) -> None:
+    metrics = Metrics(CollectorRegistry())
+    async with NliEngine.start(Settings(device="cpu"), model=tiny_model, metrics=metrics) as engine:
+        job = admit_job(engine, DEFAULT_SCHEMA, {"operation": "classify", "headline": "Fed Raises Rates"},
+                        metrics=metrics)  # fmt: skip
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await finish_job(job)
+    assert value(metrics, "nli_jobs_total", operation="classify", status="cancelled") == 1
