@@ -223,7 +223,16 @@ class Batcher(Generic[P, C, R]):
 
     # ---- admission and job bookkeeping ---------------------------------------------------------
 
-    def _admit(self, items: int, tokens: int) -> None:
+    def check_admission(self, items: int, tokens: int = 0) -> None:
+        """Raise what ``enqueue`` would for a job of this size, without queueing anything.
+
+        Lets a caller refuse an overloaded job before paying for its tokenization.
+        """
+        if not self._open:
+            raise Unavailable("the batcher is not running")
+        self._admit(items, tokens, count=False)
+
+    def _admit(self, items: int, tokens: int, *, count: bool = True) -> None:
         policy = self.policy
         if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
             raise InvalidInput(
@@ -232,7 +241,7 @@ class Batcher(Generic[P, C, R]):
             )
         if (self._queued_items + items > policy.max_queue_items
                 or self._queued_tokens + tokens > policy.max_queue_tokens):
-            self.stats.jobs_rejected += 1
+            self.stats.jobs_rejected += count
             raise Overloaded(
                 f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued); "
                 "retry shortly",

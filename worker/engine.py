@@ -115,11 +115,14 @@ class NliEngine:
         """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
         return await self.enqueue(pairs).logits()
 
-    def enqueue(self, pairs: Sequence[tuple[str, str]]) -> QueuedPairs:
+    def enqueue(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs:
         """Tokenize and queue the pairs now (raising ``Overloaded`` at once when the queue is
-        full); await ``.logits()`` on the result for them."""
+        full); await ``.logits()`` on the result for them. ``timeout_s`` (a job's own deadline,
+        e.g. RunPod's ``policy.executionTimeout``) can shorten ``JOB_TIMEOUT_S``, not extend it."""
+        self.batcher.check_admission(len(pairs))  # refuse when full before tokenizing
         tokens = self.tokenize(pairs)
-        ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=self.settings.job_timeout_s)
+        deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
+        ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=min(deadlines, default=None))
         return QueuedPairs(ticket, len(self.labels))
 
 
