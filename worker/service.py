@@ -22,7 +22,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from batching import ServiceError
-from schemas import JOB_TYPES, OPERATIONS, JobSchema, operation_name
+from schemas import JOB_TYPES, OPERATIONS, JobSchema, Operation, operation_name
 from worker.engine import QueuedPairs
 from worker.metrics import Metrics
 from worker.operations import NliHead, Plan, plan_job
@@ -40,7 +40,7 @@ class Engine(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    def enqueue(self, pairs: list[tuple[str, str]]) -> QueuedPairs: ...
+    def enqueue(self, pairs: list[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +115,27 @@ def admit_job(
     job_id: str | None = None,
     metrics: Metrics | None = None,
     arrived: float | None = None,
+    timeout_s: float | None = None,
 ) -> AdmittedJob:
     """Decode, plan, tokenize and queue a job's pairs now, without waiting for them.
 
-    ``job_input`` is a raw input or one ``schema`` already decoded. Raises the ``ServiceError``
-    that refuses the job (``invalid_input``, ``overloaded``, ``unavailable``; anything
-    unexpected becomes ``internal``), counted in ``metrics`` before it leaves.
+    ``job_input`` is a raw input, its JSON text (``bytes`` or ``msgspec.Raw``: an HTTP body's
+    ``input``, decoded straight into its operation) or one ``schema`` already decoded.
+    ``timeout_s`` is the job's own deadline: it can shorten ``JOB_TIMEOUT_S``, not extend it.
+    Raises the ``ServiceError`` that refuses the job (``invalid_input``, ``overloaded``,
+    ``unavailable``; anything unexpected becomes ``internal``), counted in ``metrics`` before it
+    leaves.
     """
     arrived = time.perf_counter() if arrived is None else arrived
     operation = _operation_of(job_input)  # a known name even when the rest does not decode
     with bound_contextvars(job_id=job_id):
         try:
-            op = job_input if isinstance(job_input, JOB_TYPES) else schema.decode_input(job_input)
+            op = _decode(schema, job_input)
             operation = operation_name(op)
             plan = plan_job(op, engine.model, engine.settings.thresholds)
-            queued = engine.enqueue(list(plan.pairs))
+            pairs = list(plan.pairs)
+            # Only a job with its own deadline passes one, so simple engines need not take it.
+            queued = engine.enqueue(pairs) if timeout_s is None else engine.enqueue(pairs, timeout_s=timeout_s)
         except ServiceError as err:
             log.info("job_refused", operation=operation, error=str(err), code=err.code)
             _observe_end(metrics, operation, err, arrived)
@@ -177,9 +183,29 @@ def _observe_end(metrics: Metrics | None, operation: str, error: ServiceError | 
         metrics.observe_rejection(error.code)
 
 
+def _decode(schema: JobSchema, job_input: object) -> Operation:
+    if isinstance(job_input, JOB_TYPES):
+        return job_input
+    if isinstance(job_input, bytes | msgspec.Raw):
+        return schema.decode_json(job_input)
+    return schema.decode_input(job_input)
+
+
+class _Named(msgspec.Struct):
+    operation: object = None
+
+
+_named_decoder = msgspec.json.Decoder(_Named)
+
+
 def _operation_of(job_input: object) -> str:
     if isinstance(job_input, JOB_TYPES):
         return operation_name(job_input)
+    if isinstance(job_input, bytes | msgspec.Raw):  # JSON text: read its "operation" alone
+        try:
+            job_input = {"operation": _named_decoder.decode(job_input).operation}
+        except msgspec.DecodeError:
+            return "unknown"
     operation = job_input.get("operation") if isinstance(job_input, dict) else None
     return operation if isinstance(operation, str) and operation in OPERATIONS else "unknown"
 

@@ -1,0 +1,212 @@
+"""The pod server for real: uvicorn on a loopback port, concurrent clients, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from schemas import OPERATIONS
+from schemas.trace import read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLINES = [
+    line.strip()
+    for line in (ROOT / "tests" / "data" / "example_headlines.txt").read_text(encoding="utf-8").splitlines()
+    if line.strip()
+]
+POLL_INTERVAL_S = 0.05
+POLL_ROUNDS = 400
+"""Bounded polling: at most this many rounds of ``/status`` over the pending jobs."""
+
+
+def job_input(examples: dict[str, dict], i: int) -> tuple[str, dict]:
+    """A valid job of each operation in turn, on real headlines."""
+    operation = OPERATIONS[i % len(OPERATIONS)]
+    job = dict(examples[operation])
+    for key in ("headline", "text"):
+        if key in job:
+            job[key] = HEADLINES[i % len(HEADLINES)]
+    return operation, {"operation": operation, **job}
+
+
+async def poll_until_done(client: httpx.AsyncClient, ids: list[str]) -> dict[str, dict]:
+    """Poll ``/status`` until every job has ended (bounded in rounds and in time)."""
+    done: dict[str, dict] = {}
+    with anyio.fail_after(60):
+        for _ in range(POLL_ROUNDS):
+            pending = [job_id for job_id in ids if job_id not in done]
+            if not pending:
+                return done
+            async with anyio.create_task_group() as tg:
+                for job_id in pending:
+                    tg.start_soon(_poll_one, client, job_id, done)
+            await anyio.sleep(POLL_INTERVAL_S)  # a client's poll interval, not synchronisation
+    raise AssertionError(f"{len(ids) - len(done)} jobs still running after {POLL_ROUNDS} rounds")
+
+
+async def _poll_one(client: httpx.AsyncClient, job_id: str, done: dict[str, dict]) -> None:
+    response = await client.get(f"/status/{job_id}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    if body["status"] not in ("IN_QUEUE", "IN_PROGRESS"):
+        done[job_id] = body
+
+
+async def test_a_burst_of_300_jobs_and_runsync_on_a_real_server(pod_server, example_jobs, check_job_output) -> None:
+    jobs = [job_input(example_jobs, i) for i in range(300)]
+    ids: list[str | None] = [None] * len(jobs)
+
+    async def submit(client: httpx.AsyncClient, i: int) -> None:
+        response = await client.post("/run", json={"input": jobs[i][1]})
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "IN_QUEUE"
+        ids[i] = response.json()["id"]
+
+    limits = httpx.Limits(max_connections=100)
+    async with pod_server() as base_url, httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(jobs)):
+                tg.start_soon(submit, client, i)
+        assert len(set(ids)) == len(jobs)
+        results = await poll_until_done(client, ids)  # type: ignore[arg-type]
+        sync = (await client.post("/runsync?wait=30000", json={"input": jobs[0][1]})).json()
+        health = (await client.get("/health")).json()
+        metrics = (await client.get("/metrics")).text
+    for (operation, job), job_id in zip(jobs, ids):
+        assert results[job_id]["status"] == "COMPLETED", results[job_id]
+        check_job_output(operation, job, results[job_id]["output"])
+    assert sync["status"] == "COMPLETED"
+    check_job_output(jobs[0][0], jobs[0][1], sync["output"])
+    assert health["jobs"]["completed"] == len(jobs) + 1 and health["queue"]["pairs"] == 0
+    completed = sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+        if line.startswith("nli_jobs_total{") and 'status="completed"' in line
+    )  # fmt: skip
+    batches = float(next(line for line in metrics.splitlines() if line.startswith("nli_batch_pairs_count")).split()[1])
+    assert completed == len(jobs) + 1
+    assert batches < len(jobs)  # the jobs' pairs shared batches
+
+
+async def test_cancel_and_overload_on_a_real_server(pod_server, tiny_model, monkeypatch) -> None:
+    # One pair a batch: while the model holds one pair of the first job and the next waits
+    # collated, its other three stay queued, so the queue (8 pairs) has room for 5 at most.
+    entered, release = threading.Event(), threading.Event()
+    run = tiny_model.run
+
+    def held_run(batch):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(30)
+        return run(batch)
+
+    def nli(pairs: int) -> dict:
+        return {"input": {"operation": "nli", "pairs": [["premise", "hypothesis"]] * pairs}}
+
+    burst: list[httpx.Response] = []
+    try:
+        async with pod_server(max_batch_pairs=1, max_queue_pairs=8) as base_url, httpx.AsyncClient(
+            base_url=base_url, timeout=30
+        ) as client:
+            monkeypatch.setattr(tiny_model, "run", held_run)
+            first = (await client.post("/run", json=nli(5))).json()["id"]
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            victim = (await client.post("/run", json=nli(3))).json()["id"]
+            cancelled = (await client.post(f"/cancel/{victim}")).json()
+
+            async def submit() -> None:
+                burst.append(await client.post("/run", json=nli(5)))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(submit)
+            admitted = [r.json()["id"] for r in burst if r.status_code == 200]
+            release.set()
+            results = await poll_until_done(client, [first, victim, *admitted])
+    finally:
+        release.set()
+    assert cancelled == {"id": victim, "status": "CANCELLED"} and results[victim]["status"] == "CANCELLED"
+    refused = [r for r in burst if r.status_code == 429]
+    assert len(admitted) <= 1 and len(refused) == len(burst) - len(admitted)  # the victim's room was freed
+    for response in refused:
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"].startswith("overloaded: queue full")
+    for job_id in (first, *admitted):
+        assert results[job_id]["status"] == "COMPLETED" and len(results[job_id]["output"]["results"]) == 5
+
+
+# ---- the command: python -m worker pod ------------------------------------------------------------------
+
+
+async def test_the_pod_command_serves_with_a_key_records_and_stops_on_sigterm(tmp_path: Path) -> None:
+    trace = tmp_path / "recorded.jsonl"
+    env = {
+        **os.environ, "MODEL_NAME": "synthetic:tiny", "DEVICE": "cpu", "WARMUP_MAX_LEN": "16",
+        "API_KEY": "k3y", "PYTHONPATH": str(ROOT),
+    }  # fmt: skip
+    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0", "--record", str(trace)]
+    lines: list[dict] = []
+    with anyio.fail_after(90):
+        async with await anyio.open_process(command, env=env, stderr=None, cwd=tmp_path) as process:
+            assert process.stdout is not None
+            try:
+                reader = JsonLines(process.stdout)
+                started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
+                base_url = started["event"].split()[3]
+                async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+                    await wait_until_ready(client)
+                    headers = {"Authorization": "Bearer k3y"}
+                    job = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend"}
+                    unauthorised = await client.post("/runsync", json={"input": job})
+                    done = (await client.post("/runsync", json={"input": job}, headers=headers)).json()
+                process.send_signal(signal.SIGTERM)
+                await reader.until(lambda line: line["event"] == "pod_stopped", lines)
+                returncode = await process.wait()
+            except BaseException:
+                process.kill()
+                raise
+    assert returncode == 0  # a graceful shutdown on SIGTERM
+    assert unauthorised.status_code == 401
+    assert done["status"] == "COMPLETED" and done["output"]["headline"] == job["headline"]
+    events = {line["event"] for line in lines}
+    assert {"engine_started", "pod_ready", "batch", "job_ended", "pod_stopped"} <= events
+    ended = next(line for line in lines if line["event"] == "job_ended")
+    assert ended["job_id"] == done["id"] and ended["operation"] == "classify" and ended["level"] == "info"
+    assert [recorded.input for recorded in read_trace(trace).jobs] == [job]
+
+
+async def wait_until_ready(client: httpx.AsyncClient) -> None:
+    """Poll ``/ping`` as RunPod's load balancer does: 204 while loading, 200 once ready."""
+    for _ in range(400):
+        try:
+            if (await client.get("/ping")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await anyio.sleep(0.05)
+    pytest.fail("the pod never became ready")
+
+
+class JsonLines:
+    """Our JSON log lines from a process's stdout (other lines are skipped)."""
+
+    def __init__(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def until(self, wanted, seen: list[dict]) -> dict:  # type: ignore[no-untyped-def]
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                if raw.startswith(b"{"):
+                    line = json.loads(raw)
+                    seen.append(line)
+                    if wanted(line):
+                        return line
+            self._buffer += await self._stream.receive()

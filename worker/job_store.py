@@ -1,0 +1,143 @@
+"""The pod server's jobs: one record per accepted job, its RunPod status, and bounded retention.
+
+A job is ``IN_QUEUE`` from acceptance until its background task picks it up (at once unless the
+event loop is busy), then ``IN_PROGRESS`` while its pairs wait in the shared queue or ride in a
+batch, as a RunPod worker holding many jobs at once reports them; it ends ``COMPLETED``,
+``FAILED``, ``TIMED_OUT`` or ``CANCELLED`` and never changes again. ``delayTime`` is acceptance
+to pick-up, ``executionTime`` pick-up to end, both in ms as RunPod reports them.
+
+Finished jobs are forgotten ``ttl_s`` after they end, and beyond ``max_finished`` the oldest go
+first. Jobs end in clock order, so the finished ones sit in a deque sorted by end time and
+expiry pops from its left: amortised O(1) a request, never a scan. Counts by status are kept as
+jobs move, so ``/health`` is O(1) too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+
+IN_QUEUE: Final = "IN_QUEUE"
+IN_PROGRESS: Final = "IN_PROGRESS"
+COMPLETED: Final = "COMPLETED"
+FAILED: Final = "FAILED"
+CANCELLED: Final = "CANCELLED"
+TIMED_OUT: Final = "TIMED_OUT"
+STATUSES: Final = (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT)
+FINAL_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+
+
+@dataclass(eq=False, slots=True)
+class JobRecord:
+    """One accepted job. ``done`` is set when it ends; ``scope`` cancels its task."""
+
+    id: str
+    operation: str
+    arrived: float
+    status: str = IN_QUEUE
+    started: float | None = None
+    ended: float | None = None
+    output: Any = None
+    error: str | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def view(self) -> dict[str, Any]:
+        """The body of ``/status``: RunPod's fields, times in whole milliseconds."""
+        body: dict[str, Any] = {"id": self.id, "status": self.status}
+        if self.started is not None:
+            body["delayTime"] = _ms(self.started - self.arrived)
+            if self.ended is not None:
+                body["executionTime"] = _ms(self.ended - self.started)
+        if self.status == COMPLETED:
+            body["output"] = self.output
+        elif self.error is not None:
+            body["error"] = self.error
+        return body
+
+
+class JobStore:
+    """Jobs by id, with counts by status and the retention of finished ones."""
+
+    def __init__(self, *, ttl_s: float, max_finished: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_finished = max_finished
+        self.clock = clock
+        self._jobs: dict[str, JobRecord] = {}
+        self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._counts = dict.fromkeys(STATUSES, 0)
+
+    def add(self, operation: str, job_id: str | None = None) -> JobRecord:
+        """Record a newly accepted job (``IN_QUEUE``) under a fresh uuid4 unless given one."""
+        self._expire()
+        record = JobRecord(id=job_id or new_job_id(), operation=operation, arrived=self.clock())
+        self._jobs[record.id] = record
+        self._counts[IN_QUEUE] += 1
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None when it is unknown or already forgotten."""
+        self._expire()
+        return self._jobs.get(job_id)
+
+    def start(self, record: JobRecord) -> None:
+        """The job's task picked it up: ``IN_QUEUE`` becomes ``IN_PROGRESS`` (else no change)."""
+        if record.status == IN_QUEUE:
+            record.started = self.clock()
+            self._move(record, IN_PROGRESS)
+
+    def finish(self, record: JobRecord, status: str, *, output: Any = None, error: str | None = None) -> bool:
+        """End the job once with a final ``status``; False (and no change) if it had ended."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"not a final status: {status!r}")
+        if record.finished:
+            return False
+        record.ended = self.clock()
+        if record.started is None:
+            record.started = record.ended  # cancelled before its task picked it up
+        record.output, record.error = output, error
+        self._move(record, status)
+        self._finished.append((record.ended, record))
+        record.done.set()
+        self._expire()
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """Jobs held now by status (forgotten ones are no longer counted)."""
+        self._expire()
+        return dict(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def _move(self, record: JobRecord, status: str) -> None:
+        self._counts[record.status] -= 1
+        self._counts[status] += 1
+        record.status = status
+
+    def _expire(self) -> None:
+        """Forget finished jobs past their ttl or beyond the count, oldest end first."""
+        deadline = self.clock() - self.ttl_s
+        finished = self._finished
+        while finished and (len(finished) > self.max_finished or finished[0][0] <= deadline):
+            _, record = finished.popleft()
+            del self._jobs[record.id]
+            self._counts[record.status] -= 1
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
