@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -78,9 +78,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceError(f"{path}: empty file; a trace starts with a header line")
     number, line = numbered[0]
     header = _decode(_header_decoder, line, path, number, 'a header {"trace": 1, "name", "created"}')
-    if header.trace != TRACE_VERSION:
-        raise TraceError(f"{path}:{number}: trace version {header.trace} is not supported (expected {TRACE_VERSION})")
-    _parse_time(header.created, f"{path}:{number}")
+    _check_header(header, path, number)
     jobs = []
     for number, line in numbered[1:]:
         job = _decode(_job_decoder, line, path, number, 'a job {"t": <seconds>, "input": {...}}')
@@ -115,13 +113,12 @@ class TraceRecorder:
     def __init__(self, path: str | os.PathLike[str], *, name: str = "recording", description: str = "") -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        header = _reopen(self.path)
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed by close()
-        if self._file.tell() == 0:
+        if header is None:
             header = new_header(name, description or "jobs accepted by a burst-nli pod server")
             self._file.write(_encoder.encode(header) + b"\n")
             self._file.flush()
-        else:
-            header = read_trace(self.path).header
         self._start_wall = _parse_time(header.created, str(self.path))
         self._start_mono = time.monotonic()
         self._offset = time.time() - self._start_wall
@@ -139,12 +136,64 @@ class TraceRecorder:
         with self._lock:
             self._file.close()
 
+    def __enter__(self) -> TraceRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reopen(path: Path) -> TraceHeader | None:
+    """The header of an existing, non-empty trace (``None`` for a new or empty file).
+
+    A line cut short by a crash (no final newline) is truncated away first, so appending
+    continues on a line of its own and the file still reads.
+    """
+    try:
+        with open(path, "r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            if size and _byte_at(file, size - 1) != b"\n":
+                file.truncate(_after_last_newline(file, size))
+            file.seek(0)
+            first = file.readline()
+    except FileNotFoundError:
+        return None
+    if not first.strip():
+        return None
+    header = _decode(_header_decoder, first, path, 1, 'a header {"trace": 1, "name", "created"}')
+    _check_header(header, path, 1)
+    return header
+
+
+def _byte_at(file: BinaryIO, offset: int) -> bytes:
+    file.seek(offset)
+    return file.read(1)
+
+
+def _after_last_newline(file: BinaryIO, size: int, chunk: int = 65536) -> int:
+    """The offset just past the file's last newline (0 when it has none), read from the end."""
+    end = size
+    while end > 0:
+        start = max(end - chunk, 0)
+        file.seek(start)
+        found = file.read(end - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        end = start
+    return 0
+
 
 def _decode(decoder: msgspec.json.Decoder, line: bytes, path: Path, number: int, expected: str) -> Any:
     try:
         return decoder.decode(line)
     except msgspec.DecodeError as err:
         raise TraceError(f"{path}:{number}: expected {expected}: {err}") from err
+
+
+def _check_header(header: TraceHeader, path: Path, number: int) -> None:
+    if header.trace != TRACE_VERSION:
+        raise TraceError(f"{path}:{number}: trace version {header.trace} is not supported (expected {TRACE_VERSION})")
+    _parse_time(header.created, f"{path}:{number}")
 
 
 def _parse_time(value: str, where: str) -> float:
