@@ -8,13 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := .setup.stamp
 
-.PHONY: help setup run test bench clean
+.PHONY: help setup run test bench check-images clean
 
 help:
 	@echo "make setup  install torch (CPU wheel unless one is installed), the project and its test tools"
-	@echo "make run    the main job: a 339-job classify burst in process on synthetic:distilbert-mnli"
+	@echo "make run    the main job: replay the bundled 339-job peak news minute in process on synthetic:distilbert-mnli"
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  set up, then compare the seed's way with the engine (writes bench/results/)"
+	@echo "make check-images  hadolint both Dockerfiles, then run their steps on a clean virtualenv"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
@@ -24,13 +25,21 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(PYTHON) -m loadtest burst --model synthetic:distilbert-mnli
+	$(PYTHON) -m loadtest replay peak-minute --target inproc --model synthetic:distilbert-mnli
 
 test: setup
 	$(PYTHON) -m pytest
 
 bench: setup
 	$(PYTHON) bench/engine.py --out bench/results
+
+# Docker cannot run on the CI machines: lint the Dockerfiles (hadolint comes with the dev extra) and
+# run what they run (install, bake-model, the entry commands) on a fresh virtualenv.
+HADOLINT ?= $(shell $(PYTHON) -c "import shutil, sysconfig; print(shutil.which('hadolint', path=sysconfig.get_path('scripts')) or 'hadolint')")
+
+check-images: setup
+	$(HADOLINT) Dockerfile.gpu Dockerfile.cpu
+	$(PYTHON) .ci/check_image_steps.py --python $(PYTHON) --torch "$(TORCH_SPEC)" --torch-pip-args "$(TORCH_PIP_ARGS)"
 
 clean:
 	rm -f $(STAMP)

@@ -111,3 +111,59 @@ def _check_job_output(operation: str, job: dict, out: dict) -> None:
         assert out["confidence"] == max(out["scores"].values())
     else:  # pragma: no cover
         raise AssertionError(operation)
+
+
+# --- worker.pod: a real server on loopback ------------------------------------------------------
+
+
+@pytest.fixture
+def pod_server(tiny_model):
+    """``async with pod_server(settings=None, **overrides) as base_url:`` a real pod server.
+
+    Runs ``worker.pod`` under uvicorn in the test's own event loop, on a free 127.0.0.1 port and
+    the session's ``tiny_model`` (nothing is loaded), and yields ``http://127.0.0.1:<port>`` once
+    the engine serves jobs. ``settings`` defaults to ``synthetic:tiny`` on CPU with a short
+    warm-up; ``overrides`` replace its fields (``max_queue_pairs=8``, ``api_key="k"``). Leaving
+    the block stops the server, then the engine. Enter it in the test body, not in an async
+    fixture: a fixture holding its task group fails at teardown (pytest-dev/pytest-asyncio#1191).
+    The model is the shared object, so a test may monkeypatch ``tiny_model.run`` to hold batches.
+    """
+    import msgspec
+
+    from worker.pod import running_server
+    from worker.settings import Settings
+
+    def serve(settings: Settings | None = None, **overrides):
+        settings = settings or Settings(model_name="synthetic:tiny", device="cpu", warmup_max_len=16)
+        return running_server(msgspec.structs.replace(settings, **overrides), model=tiny_model)
+
+    return serve
+
+
+# --- loadtest.emulator: a local RunPod queue --------------------------------------------------------
+
+
+@pytest.fixture
+def runpod_emulator():
+    """A factory for a local RunPod queue served on a free loopback port in the test's own loop.
+
+    Use it in the test body (servers start there, never in async fixtures:
+    pytest-dev/pytest-asyncio#1191)::
+
+        async with runpod_emulator(api_key=None) as emu:
+            async with httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers) as client:
+                job = (await client.post("/run", json={"input": {...}})).json()  # {"id", "status"}
+
+    ``emu.base_url`` is the public side with its prefix (``http://127.0.0.1:PORT/v2/<endpoint>``;
+    ``emu.root_url`` is without it, and the public routes answer there too), ``emu.endpoint_id``
+    the endpoint id, ``emu.headers`` the client's ``Authorization: Bearer <key>`` (empty without a
+    key), ``emu.worker_env`` the ``RUNPOD_*`` variables that point a ``python -m worker serverless``
+    subprocess at it (merge them into its environment), and ``emu.queue`` the ``RunpodQueue``
+    (``emu.queue.stats`` counts taken jobs, stop signals delivered, discarded results). Keyword
+    arguments go to ``loadtest.emulator.serve_emulator``: ``endpoint_id``, ``execution_timeout_s``,
+    ``max_finished``, ``long_poll_s`` (how long an empty job-take is held; shorter makes a worker
+    stop sooner). On exit held polls are released and the server stops; stop workers first.
+    """
+    from loadtest.emulator import serve_emulator
+
+    return serve_emulator
