@@ -8,13 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := .setup.stamp
 
-.PHONY: help setup run test bench check-images clean
+.PHONY: help setup run test bench bench-gpu check-images clean
 
 help:
 	@echo "make setup  install torch (CPU wheel unless one is installed), the project and its test tools"
 	@echo "make run    the main job: replay the bundled 339-job peak news minute in process on synthetic:distilbert-mnli"
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  set up, then compare the seed's way with the engine (writes bench/results/)"
+	@echo "make bench-gpu  every way side by side in one run: seed, pipeline, LitServe, burst-nli in process and over HTTP (BENCH_GPU_ARGS=--quick on a CPU)"
 	@echo "make check-images  hadolint both Dockerfiles, then run their steps on a clean virtualenv"
 
 $(STAMP): pyproject.toml
@@ -32,6 +33,12 @@ test: setup
 
 bench: setup
 	$(PYTHON) bench/engine.py --out bench/results
+
+# The side-by-side table of every way to serve the jobs (bench/gpu.py); installs the `peers` extra (LitServe) unless it is there.
+BENCH_GPU_ARGS ?=
+bench-gpu: setup
+	$(PYTHON) -c "import litserve" 2>/dev/null || $(PYTHON) -m pip install -e ".[peers]"
+	$(PYTHON) bench/gpu.py --out bench/results $(BENCH_GPU_ARGS)
 
 # Docker cannot run on the CI machines: lint the Dockerfiles (hadolint comes with the dev extra) and
 # run what they run (install, bake-model, the entry commands) on a fresh virtualenv.

@@ -18,57 +18,21 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import torch
-from transformers import pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import careful_pipeline, dtype_name, row, seed_way  # noqa: E402
 from loadtest.burst import BurstRun, burst, classify_jobs, one_at_a_time  # noqa: E402
 from loadtest.stats import latency_summary_ms  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
-from worker import hypotheses  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.settings import Settings  # noqa: E402
-
-LABELS = [hypotheses.OPINION, hypotheses.STRAIGHT_NEWS, *hypotheses.TEMPORAL.values()]
-
-
-def seed_way(model: NliModel, jobs: list[dict]) -> dict:
-    """One pipeline call per headline for the labels, one for the company."""
-    classifier = pipeline("zero-shot-classification", model=model.model, tokenizer=model.tokenizer,
-                          device=model.device)
-    classifier(jobs[0]["headline"], candidate_labels=LABELS, hypothesis_template="{}")  # warm
-    started = time.perf_counter()
-    for job in jobs:
-        classifier(job["headline"], candidate_labels=LABELS, hypothesis_template="{}")
-        company = hypotheses.COMPANY.format(company=job["company"])
-        classifier(job["headline"], candidate_labels=[company], hypothesis_template="{}", multi_label=True)
-    wall = time.perf_counter() - started
-    return _row("seed way: pipeline per headline, fp32", len(jobs), wall)
-
-
-def careful_pipeline(model: NliModel, jobs: list[dict]) -> dict:
-    """The same pipeline over the list, batch_size=64; company calls grouped by company."""
-    classifier = pipeline("zero-shot-classification", model=model.model, tokenizer=model.tokenizer,
-                          device=model.device)
-    texts = [job["headline"] for job in jobs]
-    classifier(texts[:8], candidate_labels=LABELS, hypothesis_template="{}", batch_size=64)  # warm
-    started = time.perf_counter()
-    classifier(texts, candidate_labels=LABELS, hypothesis_template="{}", batch_size=64)
-    by_company: dict[str, list[str]] = {}
-    for job in jobs:
-        by_company.setdefault(job["company"], []).append(job["headline"])
-    for company, group in by_company.items():
-        label = hypotheses.COMPANY.format(company=company)
-        classifier(group, candidate_labels=[label], hypothesis_template="{}", multi_label=True, batch_size=64)
-    wall = time.perf_counter() - started
-    return _row(f"careful pipeline: list, batch_size=64, {_dtype(model)}", len(jobs), wall)
 
 
 async def engine_runs(settings: Settings, model: NliModel, jobs: list[dict], sustained: list[dict],
@@ -88,38 +52,22 @@ async def engine_runs(settings: Settings, model: NliModel, jobs: list[dict], sus
 
 def _engine_row(way: str, run: BurstRun) -> dict:
     assert not run.failed, f"{run.failed} jobs failed"
-    return _row(way, run.jobs, run.wall_s, pairs=run.pairs, batches=run.batches,
-                efficiency=run.padding_efficiency, p99_ms=latency_summary_ms(run.latencies_s)["p99"])
-
-
-def _row(way: str, jobs: int, wall: float, *, pairs: int | None = None, batches: int | None = None,
-         efficiency: float | None = None, p99_ms: float | None = None) -> dict:
-    pairs = pairs if pairs is not None else 6 * jobs
-    return {
-        "way": way, "jobs": jobs, "pairs": pairs, "wall_ms": round(wall * 1000, 1),
-        "pairs_per_s": round(pairs / wall, 1), "batches": batches,
-        "mean_batch_pairs": round(pairs / batches, 1) if batches else None,
-        "padding_efficiency": round(efficiency, 3) if efficiency is not None else None,
-        "p99_ms": p99_ms,
-    }
-
-
-def _dtype(model: NliModel) -> str:
-    return str(model.dtype).removeprefix("torch.")
+    return row(way, run.jobs, run.wall_s, pairs=run.pairs, batches=run.batches,
+               efficiency=run.padding_efficiency, p99_ms=latency_summary_ms(run.latencies_s)["p99"])
 
 
 def markdown(rows: list[dict], baseline: float) -> str:
     head = "| way | jobs | pairs | wall ms | pairs/s | × seed | batches | mean batch | padding eff. | p99 ms |"
     lines = [head, "|" + "---|" * 10]
-    for row in rows:
-        if "idle_p50_ms" in row:
-            lines.append(f"| {row['way']} | 1 | 6 | p50 {row['idle_p50_ms']} | | | | | | |")
+    for entry in rows:
+        if "idle_p50_ms" in entry:
+            lines.append(f"| {entry['way']} | 1 | 6 | p50 {entry['idle_p50_ms']} | | | | | | |")
             continue
-        ratio = row["pairs_per_s"] / baseline
+        ratio = entry["pairs_per_s"] / baseline
         lines.append(
-            f"| {row['way']} | {row['jobs']} | {row['pairs']} | {row['wall_ms']} | {row['pairs_per_s']:,} "
-            f"| {ratio:.1f}× | {row['batches'] or ''} | {row['mean_batch_pairs'] or ''} "
-            f"| {row['padding_efficiency'] or ''} | {row['p99_ms'] or ''} |"
+            f"| {entry['way']} | {entry['jobs']} | {entry['pairs']} | {entry['wall_ms']} | {entry['pairs_per_s']:,} "
+            f"| {ratio:.1f}× | {entry['batches'] or ''} | {entry['mean_batch_pairs'] or ''} "
+            f"| {entry['padding_efficiency'] or ''} | {entry['p99_ms'] or ''} |"
         )
     return "\n".join(lines)
 
@@ -152,7 +100,7 @@ def main() -> None:
     rows += anyio.run(engine_runs, settings, model, jobs, sustained, args.repeats, args.idle_jobs)
 
     machine = torch.cuda.get_device_name(model.device) if on_gpu else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    header = (f"model {args.model}, {model.device} {_dtype(model)} ({machine}), torch {torch.__version__}, "
+    header = (f"model {args.model}, {model.device} {dtype_name(model)} ({machine}), torch {torch.__version__}, "
               f"max_batch_tokens {settings.batch_policy(on_gpu=on_gpu).max_batch_tokens}")
     table = markdown(rows, rows[0]["pairs_per_s"])
     print(header)

@@ -1,0 +1,1 @@
+"""Benchmark scripts whose output goes into BENCHMARKS.md (``python bench/<name>.py``)."""

@@ -1,0 +1,74 @@
+"""bench/gpu.py end to end at the smallest scale, and its verdicts on the performance targets.
+
+The GPU session runs the benchmark once, on borrowed time: this keeps the script from breaking
+unnoticed on the way there. It runs as a subprocess (it configures logging and spawns client and
+server processes of its own) with the 2-layer model, the client-ceiling and in-process rows only:
+about 10 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu_report import check_targets, markdown_table  # noqa: E402
+
+
+def test_smoke_run_writes_the_client_ceiling_and_the_in_process_row(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "bench/gpu.py", "--quick", "--model", "synthetic:tiny", "--ways", "trivial,inproc",
+        "--sustained-s", "0.5", "--idle-jobs", "3", "--out", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    rows = {row["key"]: row for row in report["rows"]}
+    assert set(rows) == {"trivial", "inproc"}
+    for row in rows.values():
+        assert row["burst"]["jobs"] == 8 and row["burst"]["failed"] == 0
+        assert row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
+        assert row["idle"]["jobs"] == 3 and row["idle"]["p50_ms"] > 0
+    assert rows["inproc"]["burst"]["batches"] >= 1
+    assert 0 < rows["inproc"]["burst"]["padding_efficiency"] <= 1
+    assert report["machine"]["device"] == "cpu" and report["machine"]["dtype"] == "float32"
+    assert "| burst-nli in process | 8 |" in (tmp_path / "gpu.md").read_text()
+
+
+def _rows(inproc_burst_ms: float, pod_jobs_per_s: float, litserve_jobs_per_s: float) -> list[dict]:
+    return [
+        {"key": "seed", "way": "seed", "burst": {"jobs": 339, "wall_ms": 6000.0, "pairs_per_s": 339.0}},
+        {"key": "inproc", "way": "in process",
+         "burst": {"jobs": 339, "wall_ms": inproc_burst_ms, "pairs_per_s": 20_000.0}},
+        {"key": "pod", "way": "pod", "sustained": {"jobs_per_s": pod_jobs_per_s}},
+        {"key": "litserve", "way": "LitServe", "sustained": {"jobs_per_s": litserve_jobs_per_s}},
+    ]
+
+
+def _verdicts(checks: list[dict]) -> dict[str, str]:
+    return {check["target"]: check["verdict"] for check in checks}
+
+
+def test_absolute_targets_are_judged_only_on_a_gpu_at_the_peak_burst() -> None:
+    rows = _rows(inproc_burst_ms=80.0, pod_jobs_per_s=3500.0, litserve_jobs_per_s=700.0)
+    on_gpu = _verdicts(check_targets(rows, on_gpu=True, burst_jobs=339))
+    assert on_gpu["339-job burst in process"] == "met"
+    assert on_gpu["pod sustained, jobs/s"] == "met"
+    assert on_gpu["339-job burst through the pod over HTTP"] == "not measured"
+    assert on_gpu["pod sustained vs LitServe sustained, × jobs/s"] == "met"
+
+    on_cpu = _verdicts(check_targets(_rows(150.0, 10.0, 20.0), on_gpu=False, burst_jobs=8))
+    assert on_cpu["339-job burst in process"].startswith("n/a")
+    assert on_cpu["in-process burst vs the seed way, × pairs/s"] == "met"
+    assert on_cpu["pod sustained vs LitServe sustained, × jobs/s"] == "not met"
+
+
+def test_the_table_leaves_blank_what_a_way_did_not_measure() -> None:
+    table = markdown_table([*_rows(80.0, 3500.0, 700.0), {"key": "x", "way": "LitServe", "skipped": "not installed"}])
+    assert "| seed | 339 | 6000.0 |  | 339 | 1.0× |" in table
+    assert "| LitServe: skipped (not installed) |" in table
