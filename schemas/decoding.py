@@ -84,6 +84,8 @@ class JobSchema:
             raise InvalidInput(f"body: malformed JSON: {reason}") from err
         except RecursionError as err:
             raise InvalidInput("body: malformed JSON: nested too deeply") from err
+        except UnicodeDecodeError as err:  # msgspec decodes strings lazily and lets this through
+            raise InvalidInput("body: malformed JSON: a string is not valid UTF-8") from err
 
     def __repr__(self) -> str:
         return f"JobSchema({self.limits!r})"

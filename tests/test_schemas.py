@@ -323,6 +323,7 @@ def test_astral_characters_are_fine() -> None:
         (b"", "body: malformed JSON: input data was truncated"),
         (b'{"operation": "classify", ', "body: malformed JSON: input data was truncated"),
         (b"\xff", "body: malformed JSON: invalid character (byte 0)"),
+        (b'{"operation": "classify", "headline": "ab\xff"}', "body: malformed JSON: a string is not valid UTF-8"),
         (b'{"operation": "classify", "headline": "a"} trailing', "body: malformed JSON: trailing characters (byte 44)"),
         (b'{"x": ' + b"[" * 100_000, "body: malformed JSON: nested too deeply"),
         (b"null", "input: missing"),
