@@ -51,3 +51,24 @@ def test_batch_budgets_default_by_device_and_can_be_set():
     assert gpu.max_batch_tokens > cpu.max_batch_tokens and gpu.max_batch_items > cpu.max_batch_items
     pinned = Settings.from_env({"MAX_BATCH_PAIRS": "48"}).batch_policy(on_gpu=True)
     assert pinned.max_batch_items == 48
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JOB_TTL_S": "0"}, "JOB_TTL_S: must be positive"),
+        ({"MAX_FINISHED_JOBS": "0"}, "MAX_FINISHED_JOBS: must be at least 1"),
+        ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES: must be at least 1"),
+        ({"METRICS_PORT": "70000"}, "METRICS_PORT: must be a TCP port"),
+        ({"API_KEY": "   "}, "API_KEY: must not be blank"),
+    ],
+)
+def test_front_end_settings_are_checked(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_the_api_key_never_shows_in_the_settings_repr():
+    settings = Settings.from_env({"API_KEY": "s3cret-key", "METRICS_PORT": "9100"})
+    assert settings.api_key == "s3cret-key" and settings.metrics_port == 9100
+    assert "s3cret-key" not in repr(settings) and "s3cret-key" not in str(settings)
