@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batching.errors import InvalidInput
+from job_strategies import job_like, json_values
 from schemas import (
     DEFAULT_SCHEMA,
     JOB_TYPES,
@@ -486,21 +487,6 @@ def test_explain_message_forms(raw: str, explained: str) -> None:
 
 # --- decoding never raises anything but InvalidInput ----------------------------------------
 
-FIELD_NAMES = sorted(
-    {"operation", "colour"} | {field for cls in JOB_TYPES for field in cls.__struct_fields__}
-)
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=5),
-    max_leaves=20,
-)
-# Near-valid inputs reach the per-field checks, not just the tag lookup.
-job_like = st.fixed_dictionaries(
-    {"operation": st.sampled_from(OPERATIONS) | st.text(max_size=6)},
-    optional={name: json_values for name in FIELD_NAMES if name != "operation"},
-)
 FUZZ = settings(
     max_examples=200, derandomize=True, database=None, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from job_strategies import FIELD_NAMES, job_like, json_values
 from loadtest import chaos
-from schemas import JOB_TYPES, OPERATIONS
+from schemas import OPERATIONS
 from worker.model import NliModel
 from worker.pod import PodApp
 from worker.settings import Settings
@@ -52,23 +53,9 @@ FUZZ = settings(
 CODES_BY_STATUS = {
     400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
 }  # fmt: skip
-FIELD_NAMES = sorted({field for cls in JOB_TYPES for field in cls.__struct_fields__} | {"operation"})
 FIELD_ROOTS = frozenset({*FIELD_NAMES, "body", "input", "policy", "wait"})
 _FIELD_PATH = re.compile(r"(?P<root>[A-Za-z_]+)(\[\d+\]|\.[A-Za-z_]+)*( key)?: \S")
 VALID_JOB = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend", "company": "Apple"}
-
-scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=6), children, max_size=5),
-    max_leaves=20,
-)
-job_like = st.fixed_dictionaries(
-    {"operation": st.sampled_from(OPERATIONS) | st.text(max_size=8)},
-    optional={name: json_values for name in FIELD_NAMES if name != "operation"},
-)
-"""Near-valid inputs: a real or random operation with random values in real fields."""
 
 
 @dataclass(repr=False)
