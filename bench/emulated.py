@@ -1,0 +1,86 @@
+"""A model whose forward pass is emulated: the real host path around a GPU that is not here.
+
+Everything burst-nli does on the CPU (decode, plan, tokenize, queue, cut, collate, fan out,
+aggregate, HTTP) runs as shipped; only ``NliModel.run`` is replaced. It returns zeros after:
+- ``free``: nothing at all, the host path's own ceiling;
+- ``h100``: as long as DistilBERT-MNLI's fp16 forward took on an H100 (MEASUREMENTS.md: 13.6k,
+  33k and 59.6k pairs/s at batches of 64, 256 and 1,024), fitted as ``H100_FIXED_S`` plus
+  ``H100_PER_TOKEN_S`` a padded token (within 12% of all three points). It sleeps, releasing the
+  GIL as a thread waiting on CUDA does.
+
+    python -m bench.emulated --forward h100 --port 8000    # the pod, serving on loopback
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import anyio
+import numpy as np
+
+from worker.model import Collated, NliModel
+from worker.settings import Settings
+
+H100_FIXED_S = 4.0e-3
+H100_PER_TOKEN_S = 0.2e-6
+FORWARDS: dict[str, Callable[[Collated], float]] = {
+    "free": lambda batch: 0.0,
+    "h100": lambda batch: H100_FIXED_S + H100_PER_TOKEN_S * batch.padded_tokens,
+}
+
+
+class EmulatedModel(NliModel):
+    """``NliModel`` with ``run`` replaced by a wait of ``forward(batch)`` seconds."""
+
+    forward: Callable[[Collated], float] = FORWARDS["free"]
+
+    def run(self, batch: Collated) -> np.ndarray:
+        seconds = self.forward(batch)
+        if seconds > 0:
+            time.sleep(seconds)
+        return np.zeros((batch.n_pairs, len(self.labels)), dtype=np.float32)
+
+
+def emulated(model: NliModel, forward: str) -> EmulatedModel:
+    """The same tokenizer, template and limits as ``model``, with the ``forward`` named."""
+    wrapped = EmulatedModel(model.name, model.tokenizer, model.model)
+    wrapped.forward = FORWARDS[forward]
+    return wrapped
+
+
+async def _serve(settings: Settings, forward: str, port: int) -> None:
+    from worker.pod import running_server
+
+    model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
+    async with running_server(settings, model=model, port=port):
+        await anyio.sleep_forever()
+
+
+def main() -> None:
+    from worker.logs import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--forward", choices=sorted(FORWARDS), default="h100")
+    parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    settings = Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING")
+    anyio.run(_serve, gpu_policy(settings), args.forward, args.port)
+
+
+def gpu_policy(settings: Settings) -> Settings:
+    """The settings with the GPU's batch budget (16,384 tokens, 512 pairs) where none is set:
+    the emulated model sits on the CPU, where the engine would otherwise pick the CPU's."""
+    import msgspec
+
+    policy = settings.batch_policy(on_gpu=True)
+    return msgspec.structs.replace(
+        settings, max_batch_tokens=policy.max_batch_tokens, max_batch_pairs=policy.max_batch_items
+    )
+
+
+if __name__ == "__main__":
+    main()
