@@ -34,6 +34,9 @@ def configure_logging(level: str = "INFO") -> None:
         raise ValueError(f"unknown log level {level!r}")
     structlog.configure(
         processors=[
+            # First: a call below the level (every job's debug line) stops here, before the
+            # timestamp and the rest of the chain are built for a record stdlib would drop.
+            structlog.stdlib.filter_by_level,
             *_SHARED_PROCESSORS,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
