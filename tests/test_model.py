@@ -156,6 +156,35 @@ def test_collate_feeds_token_types_to_models_that_take_them(tiny_model):
     assert bert.run(batch).shape == (1, 3)
 
 
+def test_collated_rows_are_the_tokenizers_own_padded_encoding(tiny_model):
+    """Every row of a batch (ids, mask, types), over-long premises cut included, equals what the
+    tokenizer gives for the pair with only_first truncation, padded to the batch's length."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+        label2id={"entailment": 0, "neutral": 1, "contradiction": 2},
+    )  # fmt: skip
+    bert = NliModel("tiny-bert", tiny_model.tokenizer, BertForSequenceClassification(config))
+    texts = [(PREMISES[i % len(PREMISES)], HYPOTHESES[i % len(HYPOTHESES)]) for i in range(len(PREMISES) * 2)]
+    pairs = [bert.pair(bert.encode_text(premise), bert.hypothesis_ids(hypothesis)) for premise, hypothesis in texts]
+    batch = bert.collate(pairs)
+    expected = bert.tokenizer(
+        [premise for premise, _ in texts], [hypothesis for _, hypothesis in texts],
+        truncation="only_first", max_length=bert.max_length, padding="longest",
+        return_token_type_ids=True,
+    )  # fmt: skip
+    width = len(expected["input_ids"][0])
+    assert batch.padded_len >= width
+    assert batch.input_ids[:, :width].tolist() == expected["input_ids"]
+    assert batch.attention_mask[:, :width].tolist() == expected["attention_mask"]
+    assert batch.token_type_ids is not None
+    assert batch.token_type_ids[:, :width].tolist() == expected["token_type_ids"]
+    assert not batch.attention_mask[:, width:].any()
+    assert (batch.input_ids[:, width:] == tiny_model.tokenizer.pad_token_id).all()
+
+
 def test_labels_and_indices_from_config(tiny_model):
     assert tiny_model.labels == ("ENTAILMENT", "NEUTRAL", "CONTRADICTION")
     assert (tiny_model.entailment_index, tiny_model.contradiction_index) == (0, 2)
@@ -240,6 +269,21 @@ def test_out_of_memory_becomes_resource_exhausted(tiny_model, monkeypatch):
     monkeypatch.setattr(tiny_model.model, "forward", other_failure)
     with pytest.raises(RuntimeError, match="index out of range"):
         tiny_model.run(batch)
+
+
+ODD_TEXTS = ["", "   ", "[SEP] [CLS] [PAD]", "Ünïcode café naïve", "emoji 🚀📈", "tab\tnew\nline", "x" * 3000]
+
+
+def test_segments_encode_as_the_tokenizer_does_through_the_rust_backend(tiny_model):
+    """encode_text calls the Rust backend directly (a third of the cost); its ids must be the
+    tokenizer's own, on real headlines and odd text, whatever truncation the shared backend
+    was last left with."""
+    from loadtest.headlines import headlines
+
+    assert tiny_model._segment_encoder is not None
+    tiny_model.tokenizer("warm", "up", truncation="only_first", max_length=8)  # leaves truncation set
+    for text in [*headlines(), *ODD_TEXTS]:
+        assert list(tiny_model.encode_text(text)) == tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_hypothesis_cache_is_shared_and_bounded(tiny_model):

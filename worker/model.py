@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,29 @@ def _load_pretrained(name: str) -> tuple[Any, torch.nn.Module]:
     return tokenizer, model
 
 
+def _segment_encoder(tokenizer: Any) -> Any | None:
+    """A private copy of a fast tokenizer's Rust backend, set up as ``tokenizer(text,
+    add_special_tokens=False)`` sets it up, or None for a tokenizer without one.
+
+    Calling the backend directly skips transformers' per-call setup and its batch path, which
+    hands even one text to a thread pool: 30-40 µs a headline instead of about 100 µs. A copy,
+    so that nobody else's truncation or padding settings on the shared backend can leak in.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(backend.to_str())
+    encoder.no_truncation()
+    encoder.no_padding()
+    encoder.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+    for text in (*(text for probe in _PROBES for text in probe), "Fed's $3.5B 2.5% [SEP] Ünïcode"):
+        if encoder.encode(text, add_special_tokens=False).ids != tokenizer(text, add_special_tokens=False)["input_ids"]:
+            return None  # the backend does not encode as the tokenizer does: keep the tokenizer's way
+    return encoder
+
+
 def _length_limits(tokenizer: Any, config: Any) -> tuple[int, int]:
     """(max_length, max_padded_len): what a pair may hold, and what padding may round up to.
 
@@ -286,6 +310,7 @@ class NliModel:
         self._uses_token_types = "token_type_ids" in inspect.signature(model.forward).parameters and (
             "token_type_ids" in getattr(tokenizer, "model_input_names", ())
         )
+        self._segment_encoder = _segment_encoder(tokenizer)
         self._hypothesis_ids = functools.lru_cache(maxsize=hypothesis_cache_size)(self.encode_text)
 
     @classmethod
@@ -300,7 +325,11 @@ class NliModel:
         return cls(name, tokenizer, model.to(device=torch_device, dtype=torch_dtype).eval())
 
     def encode_text(self, text: str) -> tuple[int, ...]:
-        """Token ids without special tokens: one segment of a pair."""
+        """Token ids without special tokens: one segment of a pair (the same ids as
+        ``tokenizer(text, add_special_tokens=False)``, at a third of its cost where the
+        tokenizer has a Rust backend)."""
+        if self._segment_encoder is not None:
+            return tuple(self._segment_encoder.encode(text, add_special_tokens=False).ids)
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def hypothesis_ids(self, text: str) -> tuple[int, ...]:
@@ -338,24 +367,49 @@ class NliModel:
         return min(-(-longest // multiple) * multiple, self._max_padded_len)
 
     def collate(self, pairs: Sequence[PairTokens]) -> Collated:
-        """Pad a batch into CPU tensors (pinned on CUDA so ``run`` copies asynchronously)."""
+        """Pad a batch into CPU tensors (pinned on CUDA so ``run`` copies asynchronously).
+
+        Rows are filled in one numpy call from one flat stream of every pair's ids (what
+        ``assemble`` builds pair by pair), not row by row: collation holds the GIL, and every
+        microsecond of it is one the event loop and the model thread wait.
+        """
         if not pairs:
             raise ValueError("cannot collate an empty batch")
         padded_len = self.padded_length(max(p.length for p in pairs))
+        lengths = np.fromiter((p.length for p in pairs), dtype=np.int64, count=len(pairs))
+        real_tokens = int(lengths.sum())
+        filled = np.arange(padded_len) < lengths[:, None]  # row-major: each row's first `length` slots
         input_ids = np.full((len(pairs), padded_len), self._pad_id, dtype=np.int64)
-        token_types = np.full((len(pairs), padded_len), self._pad_type, dtype=np.int64)
-        attention = np.zeros((len(pairs), padded_len), dtype=np.int64)
-        for row, pair in enumerate(pairs):
-            ids, types = self.assemble(pair)
-            input_ids[row, : len(ids)] = ids
-            token_types[row, : len(types)] = types
-            attention[row, : len(ids)] = 1
-        tensors = [torch.from_numpy(input_ids), torch.from_numpy(attention)]
-        tensors.append(torch.from_numpy(token_types) if self._uses_token_types else None)
+        input_ids[filled] = np.fromiter(chain.from_iterable(self._id_segments(pairs)), np.int64, real_tokens)
+        token_types = None
+        if self._uses_token_types:
+            token_types = np.full((len(pairs), padded_len), self._pad_type, dtype=np.int64)
+            token_types[filled] = np.fromiter(chain.from_iterable(self._type_segments(pairs)), np.int64, real_tokens)
+        tensors = [torch.from_numpy(input_ids), torch.from_numpy(filled.astype(np.int64))]
+        tensors.append(torch.from_numpy(token_types) if token_types is not None else None)
         if self.device.type == "cuda":
             tensors = [t.pin_memory() if t is not None else None for t in tensors]
-        real_tokens = sum(p.length for p in pairs)
         return Collated(*tensors, n_pairs=len(pairs), padded_len=padded_len, real_tokens=real_tokens)
+
+    def _id_segments(self, pairs: Sequence[PairTokens]) -> Iterator[Sequence[int]]:
+        """Every pair's ids as ``assemble`` lays them out, segment by segment."""
+        template, room_for = self.template, self.max_length - self.template.num_special_tokens
+        for pair in pairs:
+            yield template.prefix_ids
+            yield pair.premise_ids[: room_for - len(pair.hypothesis_ids)]
+            yield template.middle_ids
+            yield pair.hypothesis_ids
+            yield template.suffix_ids
+
+    def _type_segments(self, pairs: Sequence[PairTokens]) -> Iterator[Iterable[int]]:
+        """Every pair's token types, segment by segment, matching ``_id_segments``."""
+        template, room_for = self.template, self.max_length - self.template.num_special_tokens
+        for pair in pairs:
+            yield template.prefix_types
+            yield repeat(template.first_type, min(len(pair.premise_ids), room_for - len(pair.hypothesis_ids)))
+            yield template.middle_types
+            yield repeat(template.second_type, len(pair.hypothesis_ids))
+            yield template.suffix_types
 
     def run(self, batch: Collated) -> np.ndarray:
         """float32 logits [n_pairs, num_labels]; out-of-memory becomes ResourceExhausted.
