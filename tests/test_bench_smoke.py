@@ -72,3 +72,23 @@ def test_the_table_leaves_blank_what_a_way_did_not_measure() -> None:
     table = markdown_table([*_rows(80.0, 3500.0, 700.0), {"key": "x", "way": "LitServe", "skipped": "not installed"}])
     assert "| seed | 339 | 6000.0 |  | 339 | 1.0× |" in table
     assert "| LitServe: skipped (not installed) |" in table
+
+
+def test_host_bench_smoke_run_measures_every_stage_and_row(tmp_path: Path) -> None:
+    """bench/host.py (the emulated forward, in process and the pod over HTTP) at its smallest."""
+    command = [sys.executable, "bench/host.py", "--quick", "--model", "synthetic:tiny", "--forwards", "h100",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads((tmp_path / "host.json").read_text())
+    assert set(report["stages_us"]) == {"decode", "plan", "tokenize", "collate", "aggregate", "encode"}
+    assert all(cost > 0 for cost in report["stages_us"].values())
+    ways = [row["way"] for row in report["rows"]]
+    assert ways == ["in process, forward h100", "trivial server over HTTP (client ceiling)", "pod over HTTP, forward h100"]
+    for row in report["rows"]:
+        assert row["burst"]["jobs"] == 48 and row["burst"]["failed"] == 0
+        assert row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
+    for row in report["rows"][::2]:  # the engine's rows: one batch held the whole burst's pairs
+        assert row["burst"]["batches"] >= 1 and row["burst"]["mean_batch_pairs"] > 6
+    assert "| in process, forward h100 | 48 |" in (tmp_path / "host.md").read_text()
