@@ -3,7 +3,9 @@
 Two coroutines share the work. The *former* waits for items, cuts the next batch with the pure
 policy and collates it in a collate thread; the *executor* runs batches in one dedicated model
 thread and fans results out to the jobs. They meet on a channel of size zero, so batch N+1 is
-cut and collated while batch N computes, and no later.
+cut and collated while batch N computes, and no later. A batch cut while the runner is idle has
+nothing to overlap: the model thread collates and runs it in one call, a thread hop fewer (about
+0.1-0.3 ms of a lone job's latency).
 
 A job is a list of items (payload + cost). ``submit`` returns when every item has a result, or
 raises the job's error. A job that is cancelled, expires or fails loses its queued items before
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,7 +83,8 @@ class _Entry:
 class _Prepared:
     entries: list[_Entry]
     collated: Any | None
-    """None when collating failed: the executor bisects to find the item at fault."""
+    """None when not collated yet (the runner was idle) or when collating failed: the model
+    thread then collates and runs it in one call, and bisects on failure."""
     collate_s: float
 
 
@@ -297,7 +301,10 @@ class Batcher(Generic[P, C, R]):
                 entries = self._cut_batch()
                 if not entries:
                     continue
-                prepared = await self._collate(entries, thread)
+                if self._runner_busy:  # collate now, while the running batch computes
+                    prepared = await self._collate(entries, thread)
+                else:  # nothing to overlap: the model thread collates it, one thread hop fewer
+                    prepared = _Prepared(entries, None, 0.0)
                 await send.send(prepared)
                 self._runner_busy = True  # the executor took it; cleared when it is done
 
@@ -320,12 +327,18 @@ class Batcher(Generic[P, C, R]):
                 await changed.wait()
 
     def _cut_batch(self) -> list[_Entry]:
-        """Take the next batch out of the queue's oldest window; drop dead items on the way."""
+        """Take the next batch out of the queue's oldest window; drop dead items on the way.
+
+        Runs on the event loop once a batch over up to ``window_items`` entries (thousands
+        during a burst), so the loop is kept to plain list work: no per-entry calls.
+        """
         now = anyio.current_time()
+        queue, limit = self._queue, self.policy.window_items
         window: list[_Entry] = []
-        while self._queue and len(window) < self.policy.window_items:
-            entry = self._queue.popleft()
-            if self._alive(entry, now):
+        while queue and len(window) < limit:
+            entry = queue.popleft()
+            job = entry.job
+            if not job.finished and (job.deadline > now or self._alive(entry, now)):
                 window.append(entry)
         chosen = select_batch(
             [e.cost for e in window],
@@ -334,14 +347,19 @@ class Batcher(Generic[P, C, R]):
             window=len(window),
             multiple=self.policy.length_multiple,
         )
-        picked = set(chosen)
-        self._queue.extendleft(reversed([e for i, e in enumerate(window) if i not in picked]))
-        batch = [window[i] for i in chosen]
+        if len(chosen) == len(window):  # the whole window (chosen in order): nothing to put back
+            batch = window
+        else:
+            picked = set(chosen)
+            queue.extendleft(reversed([e for i, e in enumerate(window) if i not in picked]))
+            batch = [window[i] for i in chosen]
+        tokens = 0
         for entry in batch:
             entry.job.queued_items -= 1
             entry.job.queued_tokens -= entry.cost
-            self._queued_items -= 1
-            self._queued_tokens -= entry.cost
+            tokens += entry.cost
+        self._queued_items -= len(batch)
+        self._queued_tokens -= tokens
         return batch
 
     def _alive(self, entry: _Entry, now: float) -> bool:
@@ -390,10 +408,10 @@ class Batcher(Generic[P, C, R]):
         started = anyio.current_time()
         try:
             if collated is None:
-                collated = await thread.run(self._runner.collate, payloads)
-                collate_s = anyio.current_time() - started
-                started = anyio.current_time()
-            outputs = await thread.run(self._runner.run, collated)
+                collate_s, outputs = await thread.run(self._collate_and_run, payloads)
+                started += collate_s  # compute time excludes collation
+            else:
+                outputs = await thread.run(self._runner.run, collated)
             if len(outputs) != len(entries):
                 raise RuntimeError(f"runner returned {len(outputs)} results for {len(entries)} items")
         except ResourceExhausted as err:
@@ -406,6 +424,13 @@ class Batcher(Generic[P, C, R]):
         ended = anyio.current_time()
         self._fan_out(entries, outputs)
         self._record(entries, started, ended, collate_s)
+
+    def _collate_and_run(self, payloads: list[Any]) -> tuple[float, Sequence[Any]]:
+        """(collate seconds, outputs): both steps in one call on the model thread."""
+        started = time.perf_counter()
+        collated = self._runner.collate(payloads)
+        collate_s = time.perf_counter() - started
+        return collate_s, self._runner.run(collated)
 
     async def _retry_in_halves(self, entries: list[_Entry], err: Exception, thread: _DedicatedThread) -> None:
         """Find the item at fault: split and re-run; an item that fails alone fails its job."""
