@@ -306,6 +306,37 @@ def test_distilbert_mnli_has_the_real_size_and_warms_up():
     assert isinstance(seconds, float) and seconds >= 0
 
 
+def test_deberta_v3_large_has_the_real_architecture_and_a_two_label_head():
+    """Built on the meta device: the architecture and size, without 1.3 GB of random weights."""
+    from worker.model import synthetic_config
+
+    config, model_class = synthetic_config("synthetic:deberta-v3-large")
+    with torch.device("meta"):
+        model = model_class(config)
+    encoder = sum(p.numel() for name, p in model.named_parameters() if "word_embeddings" not in name)
+    assert 300_000_000 < encoder < 310_000_000  # DeBERTa-v3-large's 304M backbone, vocabulary aside
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (24, 1024, 16)
+    assert config.relative_attention and config.pos_att_type == ["p2c", "c2p"]
+    assert config.id2label == {0: "entailment", 1: "not_entailment"}
+    assert label_indices(config.label2id) == (0, 1)
+
+
+def test_a_deberta_v2_model_runs_through_the_runner(tiny_model):
+    """The same architecture scaled down: relative attention, token types and the BERT template."""
+    from worker.model import synthetic_config
+
+    config, model_class = synthetic_config("synthetic:deberta-v3-large")
+    config.update({"hidden_size": 32, "pooler_hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64})
+    torch.manual_seed(0)
+    deberta = NliModel("tiny-deberta", tiny_model.tokenizer, model_class(config))
+    assert deberta.labels == ("entailment", "not_entailment")
+    pairs = _mixed_pairs(deberta, 12)
+    batched = deberta.run(deberta.collate(pairs))
+    assert batched.shape == (12, 2) and np.isfinite(batched).all()
+    np.testing.assert_allclose(batched[3], deberta.run(deberta.collate([pairs[3]]))[0], rtol=0, atol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp16_pins_batches_and_stays_batch_invariant():
