@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := .setup.stamp
 
-.PHONY: help setup run test bench bench-gpu check-images clean
+.PHONY: help setup run test bench bench-host bench-gpu check-images clean
 
 help:
 	@echo "make setup  install torch (CPU wheel unless one is installed), the project and its test tools"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   set up, then run the test suite"
 	@echo "make bench  set up, then compare the seed's way with the engine (writes bench/results/)"
 	@echo "make bench-gpu  every way side by side in one run: seed, pipeline, LitServe, burst-nli in process and over HTTP (BENCH_GPU_ARGS=--quick on a CPU)"
+	@echo "make bench-host  the host path with the GPU's forward emulated (bench/host.py): decode to aggregate, in process and over HTTP, on any machine"
 	@echo "make check-images  hadolint both Dockerfiles, then run their steps on a clean virtualenv"
 
 $(STAMP): pyproject.toml
@@ -33,6 +34,10 @@ test: setup
 
 bench: setup
 	$(PYTHON) bench/engine.py --out bench/results
+
+# The host path with the GPU's forward emulated (bench/host.py): runs on any machine.
+bench-host: setup
+	$(PYTHON) bench/host.py --out bench/results
 
 # The side-by-side table of every way to serve the jobs (bench/gpu.py); installs the `peers` extra (LitServe) unless it is there.
 BENCH_GPU_ARGS ?=
