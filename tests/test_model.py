@@ -139,7 +139,8 @@ def test_collate_pads_to_a_multiple_and_masks_exactly(tiny_model):
     assert tiny_model.collate(_mixed_pairs(tiny_model, 64)).padded_len == 512  # capped, 512 is a multiple
 
 
-def test_collate_feeds_token_types_to_models_that_take_them(tiny_model):
+def _tiny_bert(tiny_model: NliModel) -> NliModel:
+    """A 1-layer BERT on the same tokenizer: a model whose forward takes token types."""
     from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(
@@ -147,7 +148,11 @@ def test_collate_feeds_token_types_to_models_that_take_them(tiny_model):
         id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
         label2id={"entailment": 0, "neutral": 1, "contradiction": 2},
     )  # fmt: skip
-    bert = NliModel("tiny-bert", tiny_model.tokenizer, BertForSequenceClassification(config))
+    return NliModel("tiny-bert", tiny_model.tokenizer, BertForSequenceClassification(config))
+
+
+def test_collate_feeds_token_types_to_models_that_take_them(tiny_model):
+    bert = _tiny_bert(tiny_model)
     pair = bert.pair(bert.encode_text(HEADLINES[1]), bert.hypothesis_ids(HYPOTHESES[1]))
     batch = bert.collate([pair])
     expected = bert.tokenizer(HEADLINES[1], HYPOTHESES[1])["token_type_ids"]
@@ -159,14 +164,7 @@ def test_collate_feeds_token_types_to_models_that_take_them(tiny_model):
 def test_collated_rows_are_the_tokenizers_own_padded_encoding(tiny_model):
     """Every row of a batch (ids, mask, types), over-long premises cut included, equals what the
     tokenizer gives for the pair with only_first truncation, padded to the batch's length."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    config = BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
-        label2id={"entailment": 0, "neutral": 1, "contradiction": 2},
-    )  # fmt: skip
-    bert = NliModel("tiny-bert", tiny_model.tokenizer, BertForSequenceClassification(config))
+    bert = _tiny_bert(tiny_model)
     texts = [(PREMISES[i % len(PREMISES)], HYPOTHESES[i % len(HYPOTHESES)]) for i in range(len(PREMISES) * 2)]
     pairs = [bert.pair(bert.encode_text(premise), bert.hypothesis_ids(hypothesis)) for premise, hypothesis in texts]
     batch = bert.collate(pairs)
