@@ -273,7 +273,7 @@ ODD_TEXTS = ["", "   ", "[SEP] [CLS] [PAD]", "Ünïcode café naïve", "emoji �
 
 
 def test_segments_encode_as_the_tokenizer_does_through_the_rust_backend(tiny_model):
-    """encode_text calls the Rust backend directly (a third of the cost); its ids must be the
+    """encode_text calls the Rust backend directly (half the cost); its ids must be the
     tokenizer's own, on real headlines and odd text, whatever truncation the shared backend
     was last left with."""
     from loadtest.headlines import headlines

@@ -287,8 +287,9 @@ def _segment_encoder(tokenizer: Any) -> Any | None:
     add_special_tokens=False)`` sets it up, or None for a tokenizer without one.
 
     Calling the backend directly skips transformers' per-call setup and its batch path, which
-    hands even one text to a thread pool: 30-40 µs a headline instead of about 100 µs. A copy,
-    so that nobody else's truncation or padding settings on the shared backend can leak in.
+    hands even one text to a thread pool: about half the cost (66 against 135 µs a headline on a
+    2-core CPU, BENCHMARKS.md). A copy, so that nobody else's truncation or padding settings on
+    the shared backend can leak in.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -359,7 +360,7 @@ class NliModel:
 
     def encode_text(self, text: str) -> tuple[int, ...]:
         """Token ids without special tokens: one segment of a pair (the same ids as
-        ``tokenizer(text, add_special_tokens=False)``, at a third of its cost where the
+        ``tokenizer(text, add_special_tokens=False)``, at half its cost where the
         tokenizer has a Rust backend)."""
         if self._segment_encoder is not None:
             return tuple(self._segment_encoder.encode(text, add_special_tokens=False).ids)
