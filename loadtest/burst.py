@@ -6,13 +6,14 @@ work (jobs → pairs → a few full batches) without a GPU, a network or RunPod.
 
 from __future__ import annotations
 
-import itertools
+import random
 import time
 from dataclasses import asdict, dataclass
 
 import anyio
 
 from loadtest.headlines import headlines
+from loadtest.job_inputs import templated_article
 from loadtest.stats import latency_summary_ms
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
@@ -63,15 +64,30 @@ def _percentiles(summary: dict[str, float]) -> str:
 
 
 def classify_jobs(count: int, *, company_every: int = 1) -> list[dict]:
-    """``count`` classify job inputs over the real headlines; every ``company_every``-th names a
-    company (5 label hypotheses + 1 company hypothesis: 6 pairs a job)."""
+    """``count`` classify job inputs, each about a different headline (``distinct_headlines``);
+    every ``company_every``-th names a company (5 label hypotheses + 1 company hypothesis: 6
+    pairs a job). No two jobs share a pair, so a burst measures batching alone, not the merging
+    of identical pairs."""
     jobs = []
-    for i, headline in zip(range(count), itertools.cycle(headlines())):
+    for i, headline in enumerate(distinct_headlines(count)):
         job: dict = {"operation": "classify", "headline": headline}
         if company_every and i % company_every == 0:
             job["company"] = COMPANIES[i % len(COMPANIES)]
         jobs.append(job)
     return jobs
+
+
+def distinct_headlines(count: int) -> list[str]:
+    """``count`` different headlines: the real ones first, then templated ones in their style
+    (a fixed seed, so every run gets the same)."""
+    chosen = list(dict.fromkeys(headlines()))[:count]
+    seen, rng = set(chosen), random.Random(0)
+    while len(chosen) < count:
+        headline = templated_article(rng).headline
+        if headline not in seen:
+            seen.add(headline)
+            chosen.append(headline)
+    return chosen
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from loadtest.__main__ import main
 from loadtest.burst import classify_jobs, run_burst
+from loadtest.headlines import headlines
 from worker.settings import Settings
 
 
-def test_classify_jobs_cycle_real_headlines_with_companies():
-    jobs = classify_jobs(200)
-    assert len(jobs) == 200 and all(job["operation"] == "classify" for job in jobs)
-    assert len({job["headline"] for job in jobs}) > 100
+def test_classify_jobs_ask_about_different_headlines_real_ones_first():
+    jobs = classify_jobs(400)
+    assert len(jobs) == 400 and all(job["operation"] == "classify" for job in jobs)
+    assert len({job["headline"] for job in jobs}) == 400  # no pair repeats: no merging inflates a burst
+    assert [job["headline"] for job in jobs[: len(headlines())]] == list(headlines())
     assert all("company" in job for job in jobs)
+    assert classify_jobs(400) == jobs
 
 
 async def test_a_burst_merges_jobs_into_fewer_batches_and_reports_it():
