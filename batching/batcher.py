@@ -7,6 +7,9 @@ cut and collated while batch N computes, and no later. A batch cut while the run
 nothing to overlap: the model thread collates and runs it in one call, a thread hop fewer (about
 0.1-0.3 ms of a lone job's latency).
 
+Identical items that land in one batch (a headline asked about by several jobs at once) run
+once and share the result (``BatchPolicy.merge_identical``).
+
 A job is a list of items (payload + cost). ``submit`` returns when every item has a result, or
 raises the job's error. A job that is cancelled, expires or fails loses its queued items before
 compute; results for items already computing are ignored, never set twice.
@@ -85,7 +88,20 @@ class _Prepared:
     collated: Any | None
     """None when not collated yet (the runner was idle) or when collating failed: the model
     thread then collates and runs it in one call, and bisects on failure."""
+    rows: list[int] | None
+    """Entry i's result is the runner's output ``rows[i]`` (identical payloads share a row);
+    None: output i."""
     collate_s: float
+
+
+def merge_identical(payloads: Sequence[Any]) -> tuple[list[Any], list[int] | None]:
+    """(distinct payloads in first-seen order, each payload's row among them), or the payloads
+    and None when all are distinct."""
+    first_row: dict[Any, int] = {}
+    rows = [first_row.setdefault(payload, len(first_row)) for payload in payloads]
+    if len(first_row) == len(rows):
+        return list(payloads), None
+    return list(first_row), rows
 
 
 class _DedicatedThread:
@@ -304,7 +320,7 @@ class Batcher(Generic[P, C, R]):
                 if self._runner_busy:  # collate now, while the running batch computes
                     prepared = await self._collate(entries, thread)
                 else:  # nothing to overlap: the model thread collates it, one thread hop fewer
-                    prepared = _Prepared(entries, None, 0.0)
+                    prepared = _Prepared(entries, None, None, 0.0)
                 await send.send(prepared)
                 self._runner_busy = True  # the executor took it; cleared when it is done
 
@@ -371,11 +387,16 @@ class Batcher(Generic[P, C, R]):
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
         started = anyio.current_time()
         try:
-            collated = await thread.run(self._runner.collate, [e.payload for e in entries])
+            collated, rows = await thread.run(self._merge_and_collate, [e.payload for e in entries])
         except Exception:
             log.exception("collate_failed", items=len(entries))
-            collated = None
-        return _Prepared(entries, collated, anyio.current_time() - started)
+            collated = rows = None
+        return _Prepared(entries, collated, rows, anyio.current_time() - started)
+
+    def _merge_and_collate(self, payloads: list[Any]) -> tuple[Any, list[int] | None]:
+        """(collated batch, rows): in a thread, since hashing a batch's payloads takes a while."""
+        distinct, rows = merge_identical(payloads) if self.policy.merge_identical else (payloads, None)
+        return self._runner.collate(distinct), rows
 
     async def _run_batches(self, receive: ObjectReceiveStream[_Prepared], thread: _DedicatedThread) -> None:
         async with receive:
@@ -398,22 +419,29 @@ class Batcher(Generic[P, C, R]):
                 self.stats.items_dropped += 1  # taken from the queue already: not counted yet
         if not live:
             return
-        collated = prepared.collated if len(live) == len(prepared.entries) else None
-        await self._run_entries(live, collated, prepared.collate_s, thread)
+        if len(live) == len(prepared.entries):
+            await self._run_entries(live, prepared.collated, prepared.rows, prepared.collate_s, thread)
+        else:
+            await self._run_entries(live, None, None, prepared.collate_s, thread)
 
     async def _run_entries(
-        self, entries: list[_Entry], collated: Any | None, collate_s: float, thread: _DedicatedThread
+        self,
+        entries: list[_Entry],
+        collated: Any | None,
+        rows: list[int] | None,
+        collate_s: float,
+        thread: _DedicatedThread,
     ) -> None:
-        payloads = [e.payload for e in entries]
         started = anyio.current_time()
         try:
             if collated is None:
-                collate_s, outputs = await thread.run(self._collate_and_run, payloads)
+                collate_s, rows, outputs = await thread.run(self._collate_and_run, [e.payload for e in entries])
                 started += collate_s  # compute time excludes collation
             else:
                 outputs = await thread.run(self._runner.run, collated)
-            if len(outputs) != len(entries):
-                raise RuntimeError(f"runner returned {len(outputs)} results for {len(entries)} items")
+            expected = len(entries) if rows is None else max(rows) + 1
+            if len(outputs) != expected:
+                raise RuntimeError(f"runner returned {len(outputs)} results for {expected} items")
         except ResourceExhausted as err:
             self._shrink_budget()
             await self._retry_in_halves(entries, err, thread)
@@ -422,15 +450,17 @@ class Batcher(Generic[P, C, R]):
             await self._retry_in_halves(entries, err, thread)
             return
         ended = anyio.current_time()
+        if rows is not None:
+            outputs = [outputs[row] for row in rows]
         self._fan_out(entries, outputs)
-        self._record(entries, started, ended, collate_s)
+        self._record(entries, rows, started, ended, collate_s)
 
-    def _collate_and_run(self, payloads: list[Any]) -> tuple[float, Sequence[Any]]:
-        """(collate seconds, outputs): both steps in one call on the model thread."""
+    def _collate_and_run(self, payloads: list[Any]) -> tuple[float, list[int] | None, Sequence[Any]]:
+        """(collate seconds, rows, outputs): both steps in one call on the model thread."""
         started = time.perf_counter()
-        collated = self._runner.collate(payloads)
+        collated, rows = self._merge_and_collate(payloads)
         collate_s = time.perf_counter() - started
-        return collate_s, self._runner.run(collated)
+        return collate_s, rows, self._runner.run(collated)
 
     async def _retry_in_halves(self, entries: list[_Entry], err: Exception, thread: _DedicatedThread) -> None:
         """Find the item at fault: split and re-run; an item that fails alone fails its job."""
@@ -447,7 +477,7 @@ class Batcher(Generic[P, C, R]):
         for half in (entries[:middle], entries[middle:]):
             alive = [e for e in half if not e.job.finished]
             if alive:
-                await self._run_entries(alive, None, 0.0, thread)
+                await self._run_entries(alive, None, None, 0.0, thread)
 
     def _shrink_budget(self) -> None:
         floor = padded_length(1, self.policy.length_multiple)
@@ -466,16 +496,21 @@ class Batcher(Generic[P, C, R]):
             if job.remaining == 0:
                 self._finish(job, None)
 
-    def _record(self, entries: list[_Entry], started: float, ended: float, collate_s: float) -> None:
+    def _record(
+        self, entries: list[_Entry], rows: list[int] | None, started: float, ended: float, collate_s: float
+    ) -> None:
         costs = [e.cost for e in entries]
+        if rows is not None:  # the tokens that ran: each distinct payload's once
+            costs = list({row: cost for row, cost in zip(rows, costs)}.values())
         padded_len = padded_length(max(costs), self.policy.length_multiple)
         first_queued = min(e.enqueued_at for e in entries)
         idle_since = max(self._last_batch_end or first_queued, first_queued)
         batch = BatchStats(
             items=len(entries),
+            merged_items=len(entries) - len(costs),
             jobs=len({id(e.job) for e in entries}),
             real_tokens=sum(costs),
-            padded_tokens=padded_len * len(entries),
+            padded_tokens=padded_len * len(costs),
             padded_len=padded_len,
             queue_wait_s=tuple(started - e.enqueued_at for e in entries),
             collate_s=collate_s,

@@ -31,6 +31,10 @@ class BatchPolicy:
     """Admission: items queued across all jobs; past it, jobs are refused with ``overloaded``."""
     max_queue_tokens: int = 2_000_000
     """Admission: tokens queued across all jobs."""
+    merge_identical: bool = True
+    """Run identical items of one batch once and hand each the one result: a headline asked
+    about by several jobs at once costs one row. Payloads must then be hashable, and results
+    treated as read-only."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_items", "window_items", "length_multiple",

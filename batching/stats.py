@@ -10,9 +10,14 @@ class BatchStats:
     """One batch that ran; handed to the batcher's ``on_batch`` hook (logs, metrics)."""
 
     items: int
+    """Items served, merged ones included."""
+    merged_items: int = 0
+    """Items that shared an identical item's row: the runner ran ``items - merged_items``."""
     jobs: int
     real_tokens: int
+    """Tokens of the rows that ran (a merged item's are not counted again)."""
     padded_tokens: int
+    """Rows that ran × ``padded_len``."""
     padded_len: int
     queue_wait_s: tuple[float, ...]
     """Per item: from submission to the start of this batch's compute."""
@@ -34,6 +39,8 @@ class EngineStats:
     jobs_rejected: int = 0
     batches: int = 0
     items: int = 0
+    items_merged: int = 0
+    """Items that rode on an identical item's row in their batch."""
     real_tokens: int = 0
     padded_tokens: int = 0
     compute_s: float = 0.0
@@ -50,6 +57,7 @@ class EngineStats:
     def record(self, batch: BatchStats) -> None:
         self.batches += 1
         self.items += batch.items
+        self.items_merged += batch.merged_items
         self.real_tokens += batch.real_tokens
         self.padded_tokens += batch.padded_tokens
         self.compute_s += batch.compute_s

@@ -353,3 +353,55 @@ async def test_enqueue_admits_or_refuses_before_returning_and_the_ticket_waits()
         assert await first.result() == ["out:a.0", "out:a.1", "out:a.2"]
     with pytest.raises(Unavailable):
         batcher.enqueue(job("late", 1), [10])
+
+
+async def test_identical_items_queued_at_once_run_once_and_every_job_gets_the_result():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    seen: list[BatchStats] = []
+    async with Batcher(runner, policy(), on_batch=seen.append) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        # Three jobs ask about the same headline; one of them asks the same pair twice.
+        jobs = {"a": ["h.0", "h.1", "x"], "b": ["h.0", "h.1"], "c": ["h.1", "h.0", "h.1"]}
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert runner.batches[1] == ["h.0", "h.1", "x"]  # distinct payloads, first-seen order
+    for name, payloads in jobs.items():
+        assert results[name] == [f"out:{p}" for p in payloads]
+    merged = seen[1]
+    assert (merged.items, merged.merged_items, merged.jobs) == (8, 5, 3)
+    assert (merged.real_tokens, merged.padded_tokens) == (30, 48)  # the three rows that ran
+    assert batcher.stats.items == 9 and batcher.stats.items_merged == 5
+
+
+async def test_merging_can_be_turned_off():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(merge_identical=False)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        tg.start_soon(submit_all, batcher, {"a": ["h", "h"], "b": ["h"]}, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert runner.batches[1] == ["h", "h", "h"]
+    assert results["a"] == ["out:h", "out:h"] and results["b"] == ["out:h"]
+    assert batcher.stats.items_merged == 0
+
+
+async def test_a_poisoned_item_asked_by_two_jobs_fails_both_and_no_other():
+    runner = FakeRunner(poison="bad")
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        jobs = {"a": ["ok", "bad"], "b": ["bad"], "c": ["ok", "other"]}
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    assert isinstance(results["a"], InferenceFailed) and isinstance(results["b"], InferenceFailed)
+    assert results["c"] == ["out:ok", "out:other"]

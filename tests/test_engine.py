@@ -46,16 +46,40 @@ async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(t
         np.testing.assert_allclose(together[i], logits, atol=1e-5)
 
 
-async def test_a_premise_is_tokenized_once_per_job(tiny_model, monkeypatch):
+async def test_a_premise_is_tokenized_once_across_the_jobs_that_ask_about_it(tiny_model, monkeypatch):
     calls: list[str] = []
     encode = tiny_model.encode_text
     monkeypatch.setattr(tiny_model, "encode_text", lambda text: calls.append(text) or encode(text))
+    headline = "Zoetis Declares $0.73 Dividend, Tokenized Once"
     async with NliEngine.start(settings(), model=tiny_model) as engine:
-        await engine.infer([("Apple Declares $0.25 Dividend", h) for h in HYPOTHESES * 2])
-    assert calls.count("Apple Declares $0.25 Dividend") == 1
+        first = engine.tokenize([(headline, h) for h in HYPOTHESES * 2])
+        second = engine.tokenize([(headline, HYPOTHESES[0])])
+    assert calls.count(headline) == 1
+    assert second[0] == first[0] and second[0].premise_ids is first[0].premise_ids  # merging compares pointers
 
 
 async def test_a_hypothesis_too_long_for_the_model_is_invalid_input_naming_the_pair(tiny_model):
     async with NliEngine.start(settings(), model=tiny_model) as engine:
         with pytest.raises(InvalidInput, match=r"^invalid_input: pairs\[1\]: hypothesis of \d+ tokens"):
             await engine.infer([("short", "fine"), ("a premise " * 10, "word " * 600)])
+
+
+async def test_the_same_pairs_asked_by_jobs_at_once_run_once_with_the_numbers_of_alone(tiny_model, headlines):
+    """The headline service asks classify and company_relevance of one headline together."""
+    seen: list = []
+    jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines[:4]] * 3
+    async with NliEngine.start(settings(), model=tiny_model, on_batch=seen.append) as engine:
+        alone = [await engine.infer(pairs) for pairs in jobs[:4]]
+        seen.clear()
+        together: list = [None] * len(jobs)
+
+        async def one(i: int) -> None:
+            together[i] = await engine.infer(jobs[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(jobs)):
+                tg.start_soon(one, i)
+    assert sum(batch.items for batch in seen) == 36
+    assert sum(batch.merged_items for batch in seen) >= 12  # 36 pairs, 12 of them distinct
+    for i, logits in enumerate(together):
+        np.testing.assert_allclose(logits, alone[i % 4], atol=1e-5)

@@ -19,7 +19,7 @@ from worker.settings import Settings
 CONTRACT = (
     "nli_jobs_total", "nli_job_latency_seconds", "nli_queue_wait_seconds", "nli_batch_pairs", "nli_batch_tokens",
     "nli_padding_efficiency", "nli_batch_seconds", "nli_gpu_idle_seconds", "nli_queue_pairs", "nli_inflight_jobs",
-    "nli_rejected_total", "nli_model_load_seconds",
+    "nli_rejected_total", "nli_model_load_seconds", "nli_pairs_merged_total",
 )  # fmt: skip
 
 
@@ -58,6 +58,7 @@ async def test_jobs_batches_rejections_and_gauges_are_counted(tiny_model: NliMod
     assert value(metrics, "nli_queue_wait_seconds_count") == pairs
     assert value(metrics, "nli_batch_pairs_count") == value(metrics, "nli_batch_seconds_count") >= 1
     assert 0 < value(metrics, "nli_padding_efficiency_sum") <= value(metrics, "nli_padding_efficiency_count")
+    assert value(metrics, "nli_pairs_merged_total") == 14  # the nli job's 15 identical pairs ran as one row
     assert value(metrics, "nli_model_ready") == 0  # the engine stopped
 
 

@@ -53,6 +53,13 @@ def test_batch_budgets_default_by_device_and_can_be_set():
     assert pinned.max_batch_items == 48
 
 
+def test_merging_identical_pairs_is_on_unless_turned_off():
+    assert Settings.from_env({}).batch_policy(on_gpu=True).merge_identical
+    assert not Settings.from_env({"MERGE_IDENTICAL_PAIRS": "false"}).batch_policy(on_gpu=True).merge_identical
+    with pytest.raises(SettingsError, match="MERGE_IDENTICAL_PAIRS: expected `bool`"):
+        Settings.from_env({"MERGE_IDENTICAL_PAIRS": "sometimes"})
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

