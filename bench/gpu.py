@@ -11,6 +11,7 @@ Same model (``--model``), same classify jobs (5 label hypotheses + 1 company: 6 
 - LitServe: the same model and operations behind LitServe's own batching (max batch 32, 2 ms),
   over HTTP (the ``peers`` extra; skipped with a note when litserve is not installed);
 - burst-nli in process: the service path of the serverless handler;
+- burst-nli in process with the other half-precision type (bf16 beside fp16; CUDA only);
 - burst-nli pod: ``python -m worker pod`` as shipped, ``/runsync`` over loopback HTTP.
 Every server row runs the same phases: a warm-up burst, ``--repeats`` bursts of ``--jobs`` jobs at
 once (the median kept), a closed loop of ``--concurrency`` jobs in flight for ``--sustained-s``
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import msgspec
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -55,7 +57,7 @@ from worker.metrics import Metrics  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
-WAYS = ("seed", "careful", "trivial", "litserve", "inproc", "pod")
+WAYS = ("seed", "careful", "trivial", "litserve", "inproc", "inproc-dtype", "pod")
 GPU_SCALE = Scale(jobs=339, repeats=5, sustained_s=10.0, concurrency=1024, idle_jobs=50, client_procs=4)
 CPU_SCALE = Scale(jobs=24, repeats=3, sustained_s=10.0, concurrency=48, idle_jobs=10, client_procs=1)
 QUICK_SCALE = Scale(jobs=8, repeats=1, sustained_s=3.0, concurrency=16, idle_jobs=5, client_procs=1)
@@ -163,6 +165,25 @@ async def inproc_row(run: Run, pool: ClientPool) -> dict:
                 **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
 
 
+async def inproc_dtype_row(run: Run, pool: ClientPool) -> dict:
+    """burst-nli in process with the other half-precision type (bf16 against fp16, or fp16
+    against bf16): same range as fp32 or more mantissa, at what speed."""
+    other = "float16" if run.model.dtype == torch.bfloat16 else "bfloat16"
+    way = f"burst-nli in process, {other}"
+    if run.model.device.type != "cuda":
+        return {"key": "inproc-dtype", "way": way, "skipped": "runs on CUDA only"}
+    settings = msgspec.structs.replace(run.settings, dtype=other)
+    model = await anyio.to_thread.run_sync(lambda: NliModel.load(run.model.name, device=str(run.model.device), dtype=other))
+    registry = CollectorRegistry()
+    try:
+        async with NliEngine.start(settings, model=model, metrics=Metrics(registry)) as engine:
+            driver = InprocDriver(engine, build_job_schema(settings.limits), registry)
+            return {"key": "inproc-dtype", "way": way, **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
+    finally:
+        del model
+        torch.cuda.empty_cache()
+
+
 async def pod_row(run: Run, pool: ClientPool) -> dict:
     async with pod_server(**run.served()) as url:
         driver = HttpDriver(pool, Target("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
@@ -171,7 +192,8 @@ async def pod_row(run: Run, pool: ClientPool) -> dict:
 
 
 SERVER_WAYS: dict[str, Callable[[Run, ClientPool], Awaitable[dict]]] = {
-    "trivial": trivial_row, "litserve": litserve_row, "inproc": inproc_row, "pod": pod_row,
+    "trivial": trivial_row, "litserve": litserve_row, "inproc": inproc_row, "inproc-dtype": inproc_dtype_row,
+    "pod": pod_row,
 }
 
 

@@ -65,7 +65,8 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
     stages: dict[str, Callable[[], object]] = {
         "decode": lambda: [schema.decode_input(job) for job in jobs],
         "plan": lambda: [plan_job(op, model, settings.thresholds) for op in decoded],
-        "tokenize": lambda: [engine.tokenize(list(plan.pairs)) for plan in plans],
+        # Every headline of a burst is new to the premise cache: empty it, or repeats hit it.
+        "tokenize": lambda: (model._premise_ids.cache_clear(), [engine.tokenize(list(plan.pairs)) for plan in plans]),
         "collate": lambda: [model.collate(pairs[i : i + batch]) for i in range(0, len(pairs), batch)],
         "aggregate": lambda: [plan.aggregate(rows) for plan, rows in zip(plans, logits)],
         "encode": lambda: [msgspec.json.encode(msgspec.to_builtins(result)) for result in results],

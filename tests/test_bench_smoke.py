@@ -92,3 +92,16 @@ def test_host_bench_smoke_run_measures_every_stage_and_row(tmp_path: Path) -> No
     for row in report["rows"][::2]:  # the engine's rows: one batch held the whole burst's pairs
         assert row["burst"]["batches"] >= 1 and row["burst"]["mean_batch_pairs"] > 6
     assert "| in process, forward h100 | 48 |" in (tmp_path / "host.md").read_text()
+
+
+def test_merge_bench_runs_fewer_rows_with_merging_on(tmp_path: Path) -> None:
+    """bench/merge.py at its smallest: the same calls about each article, merging off and on."""
+    command = [sys.executable, "bench/merge.py", "--model", "synthetic:tiny", "--forward", "free", "--articles", "4",
+               "--repeats", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    off, on = json.loads((tmp_path / "merge.json").read_text())["rows"]
+    assert (off["way"], on["way"]) == ("merging off", "merging on")
+    assert off["jobs"] == on["jobs"] == 20 and off["pairs"] == on["pairs"] == off["rows"]
+    assert on["rows"] == on["pairs"] - 4 * 6  # six pairs an article are asked twice, all in one batch here
