@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -85,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING")
 
+    os.environ.setdefault("PREMISE_CACHE_SIZE", "0")  # repeated bursts must not find their headlines tokenized
     settings = Settings.from_env(model_name=args.model, device=args.device, log_level="WARNING")
     model = NliModel.load(args.model, device=args.device)
     on_gpu = model.device.type == "cuda"

@@ -227,13 +227,15 @@ def _version(package: str) -> str | None:
 
 def prepare_process() -> None:
     """What every process of the run inherits: enough file descriptors for ``--concurrency``
-    connections (a server holds one each), and the runpod SDK's log level chosen, so that
-    ``configure_logging`` need not import the SDK (the GPU image lacks it; nothing here uses it)."""
+    connections (a server holds one each), the runpod SDK's log level chosen, so that
+    ``configure_logging`` need not import the SDK (the GPU image lacks it; nothing here uses it),
+    and no premise cache: the seed way and the peers tokenize every burst anew, and so must we."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 65_536 if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
+    os.environ.setdefault("PREMISE_CACHE_SIZE", "0")  # repeated bursts must not find their headlines tokenized
 
 
 def machine_info(settings: Settings, model: NliModel, scale: Scale) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -65,8 +66,7 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
     stages: dict[str, Callable[[], object]] = {
         "decode": lambda: [schema.decode_input(job) for job in jobs],
         "plan": lambda: [plan_job(op, model, settings.thresholds) for op in decoded],
-        # Every headline of a burst is new to the premise cache: empty it, or repeats hit it.
-        "tokenize": lambda: (model._premise_ids.cache_clear(), [engine.tokenize(list(plan.pairs)) for plan in plans]),
+        "tokenize": lambda: [engine.tokenize(list(plan.pairs)) for plan in plans],
         "collate": lambda: [model.collate(pairs[i : i + batch]) for i in range(0, len(pairs), batch)],
         "aggregate": lambda: [plan.aggregate(rows) for plan, rows in zip(plans, logits)],
         "encode": lambda: [msgspec.json.encode(msgspec.to_builtins(result)) for result in results],
@@ -79,10 +79,12 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
 
 
 class _Tokenizing:
-    """``NliEngine.tokenize`` without an engine around it."""
+    """``NliEngine.tokenize`` without an engine around it, nor its premise cache: every headline
+    of a burst is new."""
 
     def __init__(self, model: NliModel) -> None:
         self.model = model
+        self._premise_ids = model.encode_text
 
     tokenize = NliEngine.tokenize
 
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
+    os.environ.setdefault("PREMISE_CACHE_SIZE", "0")  # every burst's headlines are new (the pod inherits it)
     settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
     model = NliModel.load(args.model, device="cpu")
     scale = QUICK_SCALE if args.quick else SCALE

@@ -58,6 +58,16 @@ async def test_a_premise_is_tokenized_once_across_the_jobs_that_ask_about_it(tin
     assert second[0] == first[0] and second[0].premise_ids is first[0].premise_ids  # merging compares pointers
 
 
+async def test_without_a_premise_cache_every_job_tokenizes_its_premise(tiny_model, monkeypatch):
+    calls: list[str] = []
+    encode = tiny_model.encode_text
+    monkeypatch.setattr(tiny_model, "encode_text", lambda text: calls.append(text) or encode(text))
+    async with NliEngine.start(settings(premise_cache_size=0), model=tiny_model) as engine:
+        first = engine.tokenize([("Fed Holds Rates", HYPOTHESES[0])])
+        second = engine.tokenize([("Fed Holds Rates", HYPOTHESES[0])])
+    assert calls.count("Fed Holds Rates") == 2 and first == second
+
+
 async def test_a_hypothesis_too_long_for_the_model_is_invalid_input_naming_the_pair(tiny_model):
     async with NliEngine.start(settings(), model=tiny_model) as engine:
         with pytest.raises(InvalidInput, match=r"^invalid_input: pairs\[1\]: hypothesis of \d+ tokens"):

@@ -35,6 +35,7 @@ def test_overrides_win_over_the_environment():
         ({"MAX_BATCH_TOKENS": "lots"}, "MAX_BATCH_TOKENS: expected `int | null`, got `str`"),
         ({"MAX_CONCURRENCY": "0"}, "MAX_CONCURRENCY: must be at least 1"),
         ({"MAX_WAIT_MS": "-1"}, "MAX_WAIT_MS: must not be negative"),
+        ({"PREMISE_CACHE_SIZE": "-1"}, "PREMISE_CACHE_SIZE: must not be negative"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL: expected DEBUG"),
         ({"MAX_TEXT_CHARS": "x"}, "MAX_TEXT_CHARS: expected `int`, got `str`"),
     ],

@@ -324,13 +324,7 @@ class NliModel:
     length_multiple: int = 8  # padded sequence lengths are multiples of this
 
     def __init__(
-        self,
-        name: str,
-        tokenizer: Any,
-        model: torch.nn.Module,
-        *,
-        hypothesis_cache_size: int = 4096,
-        premise_cache_size: int = 1024,
+        self, name: str, tokenizer: Any, model: torch.nn.Module, *, hypothesis_cache_size: int = 4096
     ) -> None:
         """Wrap an already-placed model; ``load`` is the usual way in."""
         self.name = name
@@ -352,7 +346,6 @@ class NliModel:
         )
         self._segment_encoder = _segment_encoder(tokenizer)
         self._hypothesis_ids = functools.lru_cache(maxsize=hypothesis_cache_size)(self.encode_text)
-        self._premise_ids = functools.lru_cache(maxsize=premise_cache_size)(lambda text: self.encode_text(text))
 
     @classmethod
     def load(cls, name: str, *, device: str | None = None, dtype: str | None = None) -> NliModel:
@@ -379,12 +372,6 @@ class NliModel:
         ``functools.lru_cache`` keeps its bookkeeping consistent across threads.
         """
         return self._hypothesis_ids(text)
-
-    def premise_ids(self, text: str) -> tuple[int, ...]:
-        """``encode_text`` through a bounded LRU of recent premises: the headline service asks
-        several jobs about one headline at once, and a headline tokenized once is one tuple, so
-        its pairs in those jobs compare (and merge, in the batcher) at the cost of a pointer."""
-        return self._premise_ids(text)
 
     def pair(self, premise_ids: Sequence[int], hypothesis_ids: Sequence[int]) -> PairTokens:
         """A pair and its assembled length (the batcher's cost), after only_first truncation.

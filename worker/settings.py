@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """While a batch computes, the longest a queued pair waits before the next is prepared."""
     merge_identical_pairs: bool = True
     """Identical pairs in one batch (a headline several jobs ask about at once) run once."""
+    premise_cache_size: int = 1024
+    """Recent premises whose token ids are kept, so the calls about one headline tokenize it
+    once; 0 keeps none (benchmarks of new headlines set it, so that repeats do not hit it)."""
     max_queue_pairs: int = 50_000
     """Admission: pairs queued across jobs; past it jobs fail fast with ``overloaded``."""
     max_queue_tokens: int = 2_000_000
@@ -71,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()}: must be at least 1, got {getattr(self, name)}")
+        if self.premise_cache_size < 0:
+            raise SettingsError(f"PREMISE_CACHE_SIZE: must not be negative, got {self.premise_cache_size}")
         for name in ("max_batch_tokens", "max_batch_pairs"):
             value = getattr(self, name)
             if value is not None and value < 1:
