@@ -127,6 +127,10 @@ class Ticket(Generic[R]):
         self._job = job
         self._timeout_s = timeout_s
 
+    def drop(self) -> None:
+        """Give the job up without waiting: its queued items are dropped before compute."""
+        self._batcher._finish(self._job, None)
+
     async def result(self) -> list[R]:
         """Wait for every item's result; raises the job's error, or re-raises cancellation
         after dropping the job's queued items."""
@@ -243,27 +247,28 @@ class Batcher(Generic[P, C, R]):
 
     # ---- admission and job bookkeeping ---------------------------------------------------------
 
-    def check_admission(self, items: int, tokens: int = 0) -> None:
+    def check_admission(self, items: int, tokens: int = 0, *, reserved_items: int = 0) -> None:
         """Raise what ``enqueue`` would for a job of this size, without queueing anything.
 
         Lets a caller refuse an overloaded job before paying for its tokenization.
+        ``reserved_items`` are admitted by that caller and not queued yet (still tokenizing).
         """
         if not self._open:
             raise Unavailable("the batcher is not running")
-        self._admit(items, tokens, count=False)
+        self._admit(items, tokens, count=False, reserved_items=reserved_items)
 
-    def _admit(self, items: int, tokens: int, *, count: bool = True) -> None:
+    def _admit(self, items: int, tokens: int, *, count: bool = True, reserved_items: int = 0) -> None:
         policy = self.policy
         if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
             raise InvalidInput(
                 f"job has {items} items and {tokens} tokens; the queue holds at most "
                 f"{policy.max_queue_items} items and {policy.max_queue_tokens} tokens"
             )
-        if (self._queued_items + items > policy.max_queue_items
-                or self._queued_tokens + tokens > policy.max_queue_tokens):
+        queued_items = self._queued_items + reserved_items
+        if queued_items + items > policy.max_queue_items or self._queued_tokens + tokens > policy.max_queue_tokens:
             self.stats.jobs_rejected += count
             raise Overloaded(
-                f"queue full ({self._queued_items} items, {self._queued_tokens} tokens queued); "
+                f"queue full ({queued_items} items, {self._queued_tokens} tokens queued); "
                 "retry shortly",
                 retry_after_s=1.0,
             )

@@ -39,6 +39,7 @@ from bench.http_load import ClientPool, Target, client_pool  # noqa: E402
 from bench.servers import free_port, serving_process, trivial_server  # noqa: E402
 from loadtest.burst import classify_jobs  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
+from worker.admission import Admission  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.metrics import Metrics  # noqa: E402
@@ -54,10 +55,10 @@ RUNSYNC_WAIT_MS = 300_000
 def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repeats: int = 5) -> dict[str, float]:
     """µs a job of each step of the job path, timed alone over ``jobs`` (best of ``repeats``)."""
     schema = build_job_schema(settings.limits)
-    engine = _Tokenizing(model)
+    admission = Admission(model, None, premise_cache_size=0)  # type: ignore[arg-type]  # tokenizes, never queues
     decoded = [schema.decode_input(job) for job in jobs]
     plans = [plan_job(op, model, settings.thresholds) for op in decoded]
-    tokens = [engine.tokenize(list(plan.pairs)) for plan in plans]
+    tokens = admission.tokenize_tick([plan.pairs for plan in plans])
     pairs = [pair for job_tokens in tokens for pair in job_tokens]
     batch = settings.batch_policy(on_gpu=True).max_batch_items
     rng = np.random.default_rng(0)
@@ -66,7 +67,7 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
     stages: dict[str, Callable[[], object]] = {
         "decode": lambda: [schema.decode_input(job) for job in jobs],
         "plan": lambda: [plan_job(op, model, settings.thresholds) for op in decoded],
-        "tokenize": lambda: [engine.tokenize(list(plan.pairs)) for plan in plans],
+        "tokenize": lambda: admission.tokenize_tick([plan.pairs for plan in plans]),  # the burst in one tick
         "collate": lambda: [model.collate(pairs[i : i + batch]) for i in range(0, len(pairs), batch)],
         "aggregate": lambda: [plan.aggregate(rows) for plan, rows in zip(plans, logits)],
         "encode": lambda: [msgspec.json.encode(msgspec.to_builtins(result)) for result in results],
@@ -76,17 +77,6 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
         best = min(_timed(stage) for _ in range(repeats))
         costs[name] = round(best / len(jobs) * 1e6, 1)
     return costs
-
-
-class _Tokenizing:
-    """``NliEngine.tokenize`` without an engine around it, nor its premise cache: every headline
-    of a burst is new."""
-
-    def __init__(self, model: NliModel) -> None:
-        self.model = model
-        self._premise_ids = model.encode_text
-
-    tokenize = NliEngine.tokenize
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -284,6 +284,14 @@ def test_segments_encode_as_the_tokenizer_does_through_the_rust_backend(tiny_mod
         assert list(tiny_model.encode_text(text)) == tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def test_many_texts_encode_in_one_call_as_each_alone(tiny_model):
+    from loadtest.headlines import headlines
+
+    texts = [*headlines(), *ODD_TEXTS]
+    assert tiny_model.encode_texts(texts) == [tiny_model.encode_text(text) for text in texts]
+    assert tiny_model.encode_texts([]) == [] and tiny_model.encode_texts(["one"]) == [tiny_model.encode_text("one")]
+
+
 def test_hypothesis_cache_is_shared_and_bounded(tiny_model):
     model = NliModel("cached", tiny_model.tokenizer, tiny_model.model, hypothesis_cache_size=2)
     first = model.hypothesis_ids(HYPOTHESES[0])

@@ -1,12 +1,13 @@
 """The NLI engine: the model runner behind the micro-batcher, with text pairs in and logits out.
 
 Operations call ``infer`` once per job with all of that job's pairs, so one job's pairs enter the
-shared queue together and ride in the same batches as every other job in flight.
+shared queue together and ride in the same batches as every other job in flight. Admission
+(``worker/admission.py``) accepts or refuses a job at once and tokenizes the premises of a loop
+tick's jobs together.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +17,8 @@ import anyio
 import numpy as np
 import structlog
 
-from batching import Batcher, BatchStats, InvalidInput, Ticket
+from batching import Batcher, BatchStats
+from worker.admission import Admission, QueuedPairs
 from worker.metrics import Metrics
 from worker.model import NliModel, PairTokens
 from worker.settings import Settings
@@ -38,10 +40,7 @@ class NliEngine:
         self.batcher = batcher
         self.settings = settings
         self.startup = startup
-        # Recent premises' ids: the headline service makes several calls about one headline at
-        # once, and a headline tokenized once is one tuple, so its pairs in those jobs compare
-        # (and merge, in the batcher) at the cost of a pointer.
-        self._premise_ids = functools.lru_cache(maxsize=settings.premise_cache_size)(model.encode_text)
+        self.admission = Admission(model, batcher, settings.premise_cache_size)
 
     @classmethod
     @asynccontextmanager
@@ -88,15 +87,19 @@ class NliEngine:
             if on_batch is not None:
                 on_batch(batch)
 
-        async with Batcher(model, policy, on_batch=observe) as batcher:
+        async with Batcher(model, policy, on_batch=observe) as batcher, anyio.create_task_group() as tasks:
+            engine = cls(model, batcher, settings, startup)
+            tasks.start_soon(engine.admission.run, name="nli-admission")
             if metrics is not None:
                 metrics.observe_startup(startup.model_load_s, startup.warmup_s)
                 metrics.watch_queue(
-                    lambda: batcher.queued_items, lambda: batcher.queued_tokens, lambda: batcher.inflight_jobs
+                    lambda: engine.queued_pairs, lambda: batcher.queued_tokens, lambda: engine.inflight_jobs
                 )
             try:
-                yield cls(model, batcher, settings, startup)
+                yield engine
             finally:
+                tasks.cancel_scope.cancel()
+                engine.admission.refuse_admitted()
                 if metrics is not None:
                     metrics.model_ready.set(0)
 
@@ -104,44 +107,30 @@ class NliEngine:
     def labels(self) -> tuple[str, ...]:
         return self.model.labels
 
+    @property
+    def queued_pairs(self) -> int:
+        """Pairs waiting for a batch: queued, or admitted and tokenizing this tick."""
+        return self.batcher.queued_items + self.admission.admitted_pairs
+
+    @property
+    def inflight_jobs(self) -> int:
+        return self.batcher.inflight_jobs + self.admission.admitted_jobs
+
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[PairTokens]:
-        """Token ids for each pair, premises and hypotheses through their caches: a headline
-        that several jobs ask about at once is tokenized once (12 against 50 µs a 6-pair job on
-        a 2-core CPU; a new headline costs 3 µs more)."""
-        premise_ids, hypothesis_ids, pair = self._premise_ids, self.model.hypothesis_ids, self.model.pair
-        tokens = []
-        for index, (premise, hypothesis) in enumerate(pairs):
-            try:
-                tokens.append(pair(premise_ids(premise), hypothesis_ids(hypothesis)))
-            except ValueError as err:
-                raise InvalidInput(f"pairs[{index}]: {err}") from err
-        return tokens
+        """Token ids for each pair, as admission makes them (premises through its cache)."""
+        return self.admission.tokenize(pairs)
 
     async def infer(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
         return await self.enqueue(pairs).logits()
 
     def enqueue(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs:
-        """Tokenize and queue the pairs now (raising ``Overloaded`` at once when the queue is
-        full); await ``.logits()`` on the result for them. ``timeout_s`` (a job's own deadline,
-        e.g. RunPod's ``policy.executionTimeout``) can shorten ``JOB_TIMEOUT_S``, not extend it."""
-        self.batcher.check_admission(len(pairs))  # refuse when full before tokenizing
-        tokens = self.tokenize(pairs)
+        """Admit the pairs now, or raise what refuses them (``Overloaded`` when the queue is
+        full, ``InvalidInput`` for a hypothesis too long); await ``.logits()`` on the result.
+        ``timeout_s`` (a job's own deadline, e.g. RunPod's ``policy.executionTimeout``) can
+        shorten ``JOB_TIMEOUT_S``, not extend it."""
         deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
-        ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=min(deadlines, default=None))
-        return QueuedPairs(ticket, len(self.labels))
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedPairs:
-    """One job's pairs, admitted to the shared queue."""
-
-    ticket: Ticket[np.ndarray]
-    labels: int
-
-    async def logits(self) -> np.ndarray:
-        rows = await self.ticket.result()
-        return np.stack(rows) if rows else np.zeros((0, self.labels), dtype=np.float32)
+        return self.admission.admit(pairs, timeout_s=min(deadlines, default=None))
 
 
 def _freeze_startup_objects() -> None:

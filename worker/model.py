@@ -366,6 +366,15 @@ class NliModel:
             return tuple(self._segment_encoder.encode(text, add_special_tokens=False).ids)
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def encode_texts(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """``encode_text`` of many texts in one call: the Rust backend spreads them over the
+        cores and holds no GIL while it works (the premises of a 339-job burst: 25 against 58
+        µs a headline on 2 cores)."""
+        if self._segment_encoder is None or len(texts) < 2:
+            return [self.encode_text(text) for text in texts]
+        encodings = self._segment_encoder.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [tuple(encoding.ids) for encoding in encodings]
+
     def hypothesis_ids(self, text: str) -> tuple[int, ...]:
         """``encode_text`` through a bounded LRU: the same few hypotheses recur in every job.
 
@@ -381,13 +390,19 @@ class NliModel:
         """
         premise, hypothesis = tuple(premise_ids), tuple(hypothesis_ids)
         room = self.max_length - self.template.num_special_tokens - len(hypothesis)
-        if len(premise) > room and room < 1:
-            raise ValueError(
-                f"hypothesis of {len(hypothesis)} tokens leaves no room for the premise within "
-                f"max_length {self.max_length} ({self.template.num_special_tokens} special tokens)"
-            )
+        if len(premise) > room:
+            self.check_hypothesis(hypothesis)
         length = self.template.num_special_tokens + min(len(premise), room) + len(hypothesis)
         return PairTokens(premise, hypothesis, length)
+
+    def check_hypothesis(self, hypothesis_ids: Sequence[int]) -> None:
+        """Raise ValueError when a hypothesis leaves no room for one premise token: a pair
+        with it cannot be encoded whatever its premise (checked before the premise is read)."""
+        if self.max_length - self.template.num_special_tokens - len(hypothesis_ids) < 1:
+            raise ValueError(
+                f"hypothesis of {len(hypothesis_ids)} tokens leaves no room for the premise within "
+                f"max_length {self.max_length} ({self.template.num_special_tokens} special tokens)"
+            )
 
     def assemble(self, pair: PairTokens) -> tuple[list[int], list[int]]:
         """(input_ids, token_type_ids), exactly as the tokenizer encodes the pair with

@@ -387,7 +387,7 @@ class PodApp:
             },
         }
         if engine is not None:
-            body["queue"] = {"pairs": engine.batcher.queued_items, "tokens": engine.batcher.queued_tokens}
+            body["queue"] = {"pairs": engine.queued_pairs, "tokens": engine.batcher.queued_tokens}
         if self.failure is not None:
             body["model"]["error"] = str(self.failure)
         return body
