@@ -70,10 +70,14 @@ async def compare(settings: Settings, model: NliModel, jobs: list[dict], repeats
         name: {
             "burst_ms": round(statistics.median(wall for wall, _ in runs), 1),
             "loop_cpu_ms": round(statistics.median(cpu for _, cpu in runs), 1),
-            "burst_ms_quartiles": [round(q, 1) for q in statistics.quantiles([wall for wall, _ in runs], n=4)],
+            "burst_ms_quartiles": [round(q, 1) for q in _quartiles([wall for wall, _ in runs])],
         }
         for name, runs in samples.items()
     }
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    return statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
 
 
 def main() -> None:

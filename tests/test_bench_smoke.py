@@ -105,3 +105,16 @@ def test_merge_bench_runs_fewer_rows_with_merging_on(tmp_path: Path) -> None:
     assert (off["way"], on["way"]) == ("merging off", "merging on")
     assert off["jobs"] == on["jobs"] == 20 and off["pairs"] == on["pairs"] == off["rows"]
     assert on["rows"] == on["pairs"] - 4 * 6  # six pairs an article are asked twice, all in one batch here
+
+
+def test_admission_bench_compares_both_ways_on_the_same_bursts(tmp_path: Path) -> None:
+    """bench/admission.py at its smallest: per-job against tick admission, alternating."""
+    command = [sys.executable, "bench/admission.py", "--model", "synthetic:tiny", "--forwards", "free", "--jobs", "12",
+               "--repeats", "2", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    ways = json.loads((tmp_path / "admission.json").read_text())["results"]["free"]
+    assert set(ways) == {"per job", "tick"}
+    assert all(way["burst_ms"] > 0 and way["loop_cpu_ms"] > 0 for way in ways.values())
+    assert "| free | tick |" in (tmp_path / "admission.md").read_text()
