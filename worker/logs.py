@@ -26,25 +26,33 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
 ]
 
 
+_PROCESSORS: list[structlog.typing.Processor] = []
+"""The one list structlog is configured with, changed in place: loggers are cached on first use
+and keep a reference to it (so does ``structlog.testing.capture_logs``)."""
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Configure structlog and the stdlib root logger; calling it again only changes the level."""
     level = level.upper()
     numeric = logging.getLevelName(level)
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
+    _PROCESSORS[:] = [
+        # First: a call below the level (every job's debug line) stops here, before the
+        # timestamp and the rest of the chain are built for a record stdlib would drop.
+        structlog.stdlib.filter_by_level,
+        *_SHARED_PROCESSORS,
+        structlog.stdlib.PositionalArgumentsFormatter(),
+        structlog.processors.StackInfoRenderer(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        processors=[
-            # First: a call below the level (every job's debug line) stops here, before the
-            # timestamp and the rest of the chain are built for a record stdlib would drop.
-            structlog.stdlib.filter_by_level,
-            *_SHARED_PROCESSORS,
-            structlog.stdlib.PositionalArgumentsFormatter(),
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=_PROCESSORS,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,  # keeps structlog.testing.capture_logs working
+        # A module's logger is a lazy proxy that would otherwise build a bound logger on every
+        # call: 1.6% of the event loop's time in a burst.
+        cache_logger_on_first_use=True,
     )
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import msgspec
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from batching import ServiceError
 from schemas import JOB_TYPES, OPERATIONS, JobSchema, Operation, operation_name
@@ -128,23 +127,24 @@ def admit_job(
     """
     arrived = time.perf_counter() if arrived is None else arrived
     operation = _operation_of(job_input)  # a known name even when the rest does not decode
-    with bound_contextvars(job_id=job_id):
-        try:
-            op = _decode(schema, job_input)
-            operation = operation_name(op)
-            plan = plan_job(op, engine.model, engine.settings.thresholds)
-            pairs = list(plan.pairs)
-            # Only a job with its own deadline passes one, so simple engines need not take it.
-            queued = engine.enqueue(pairs) if timeout_s is None else engine.enqueue(pairs, timeout_s=timeout_s)
-        except ServiceError as err:
-            log.info("job_refused", operation=operation, error=str(err), code=err.code)
-            _observe_end(metrics, operation, err, arrived)
-            raise
-        except Exception as err:
-            log.exception("job_crashed", operation=operation)
-            internal = ServiceError(f"unexpected error; see the worker log (job {job_id})")
-            _observe_end(metrics, operation, internal, arrived)
-            raise internal from err
+    # Log lines name the job themselves: binding it in contextvars for each job cost the event
+    # loop about 5% of a burst (BENCHMARKS.md), and nothing this calls logs for the job.
+    try:
+        op = _decode(schema, job_input)
+        operation = operation_name(op)
+        plan = plan_job(op, engine.model, engine.settings.thresholds)
+        pairs = list(plan.pairs)
+        # Only a job with its own deadline passes one, so simple engines need not take it.
+        queued = engine.enqueue(pairs) if timeout_s is None else engine.enqueue(pairs, timeout_s=timeout_s)
+    except ServiceError as err:
+        log.info("job_refused", job_id=job_id, operation=operation, error=str(err), code=err.code)
+        _observe_end(metrics, operation, err, arrived)
+        raise
+    except Exception as err:
+        log.exception("job_crashed", job_id=job_id, operation=operation)
+        internal = ServiceError(f"unexpected error; see the worker log (job {job_id})")
+        _observe_end(metrics, operation, internal, arrived)
+        raise internal from err
     return AdmittedJob(job_id, operation, plan, queued, arrived, metrics)
 
 
@@ -156,20 +156,20 @@ async def finish_job(job: AdmittedJob) -> JobOutcome:
     """
     output: dict[str, Any] | None = None
     error: ServiceError | None = None
-    with bound_contextvars(job_id=job.job_id, operation=job.operation):
-        try:
-            output = msgspec.to_builtins(job.plan.aggregate(await job.queued.logits()))
-            log.debug("job_done", pairs=len(job.plan.pairs), latency_ms=_ms_since(job.arrived))
-        except ServiceError as err:
-            error = err
-            log.info("job_failed", error=str(err), code=err.code, latency_ms=_ms_since(job.arrived))
-        except Exception:
-            log.exception("job_crashed")
-            error = ServiceError(f"unexpected error; see the worker log (job {job.job_id})")
-        except BaseException:
-            if job.metrics is not None:
-                job.metrics.observe_job(job.operation, "cancelled", time.perf_counter() - job.arrived)
-            raise
+    named = {"job_id": job.job_id, "operation": job.operation}
+    try:
+        output = msgspec.to_builtins(job.plan.aggregate(await job.queued.logits()))
+        log.debug("job_done", **named, pairs=len(job.plan.pairs), latency_ms=_ms_since(job.arrived))
+    except ServiceError as err:
+        error = err
+        log.info("job_failed", **named, error=str(err), code=err.code, latency_ms=_ms_since(job.arrived))
+    except Exception:
+        log.exception("job_crashed", **named)
+        error = ServiceError(f"unexpected error; see the worker log (job {job.job_id})")
+    except BaseException:
+        if job.metrics is not None:
+            job.metrics.observe_job(job.operation, "cancelled", time.perf_counter() - job.arrived)
+        raise
     outcome = JobOutcome(job.operation, output, error, time.perf_counter() - job.arrived, len(job.plan.pairs))
     _observe_end(job.metrics, job.operation, error, job.arrived)
     return outcome
