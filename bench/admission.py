@@ -14,7 +14,6 @@ in it (``time.thread_time``, which the machine's other load disturbs less).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cpu_model  # noqa: E402
+from bench.common import cpu_model, publish  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
 from loadtest.burst import burst, classify_jobs  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
@@ -106,12 +105,7 @@ def main() -> None:
             lines.append(f"| {forward} | {name} | {numbers['burst_ms']} | {low}–{high} | {numbers['loop_cpu_ms']} "
                          f"| {ratio:.2f}× |")
     table = "\n".join(lines)
-    print(header)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "admission.json").write_text(json.dumps({"header": header, "results": results}, indent=2))
-        (args.out / "admission.md").write_text(header + "\n\n" + table + "\n")
+    publish(args.out, "admission", header, table, {"results": results})
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ baselines the same way, or their ratios would not compare.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -86,3 +87,15 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "cpu"
+
+
+def publish(out: Path | None, name: str, header: str, table: str, data: dict) -> None:
+    """Print a benchmark's header and Markdown table; with ``out``, also write ``<name>.md`` and
+    ``<name>.json`` (the header and ``data``) there."""
+    print(header)
+    print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps({"header": header, **data}, indent=2))
+        (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
+

@@ -15,7 +15,6 @@ Writes ``engine.json`` and ``engine.md`` under ``--out`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import careful_pipeline, dtype_name, row, seed_way  # noqa: E402
+from bench.common import careful_pipeline, dtype_name, publish, row, seed_way  # noqa: E402
 from loadtest.burst import BurstRun, burst, classify_jobs, one_at_a_time  # noqa: E402
 from loadtest.stats import latency_summary_ms  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
@@ -105,12 +104,7 @@ def main() -> None:
     header = (f"model {args.model}, {model.device} {dtype_name(model)} ({machine}), torch {torch.__version__}, "
               f"max_batch_tokens {settings.batch_policy(on_gpu=on_gpu).max_batch_tokens}")
     table = markdown(rows, rows[0]["pairs_per_s"])
-    print(header)
-    print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "engine.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-        (args.out / "engine.md").write_text(header + "\n\n" + table + "\n")
+    publish(args.out, "engine", header, table, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ the GPU's batch budget, to show the gain where the forward is short. Writes ``me
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dtype_name  # noqa: E402
+from bench.common import dtype_name, publish  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
 from loadtest.burst import burst, distinct_headlines  # noqa: E402
 from loadtest.job_inputs import COMPANIES  # noqa: E402
@@ -131,13 +130,8 @@ def main() -> None:
     header = (f"model {args.model}, {forward}, torch {torch.__version__}, {len(jobs) // 5} articles × 5 calls, "
               f"max_batch_tokens {policy.max_batch_tokens}, median of {args.repeats}")
     table = markdown(rows)
-    print(header)
-    print(table)
+    publish(args.out, "merge", header, table, {"rows": rows})
     print(f"merging on ran {rows[1]['rows'] / rows[0]['rows']:.2f} of the rows merging off ran")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "merge.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
-        (args.out / "merge.md").write_text(header + "\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,20 @@ async def submit_all(batcher: Batcher, jobs: dict[str, list[str]], results: dict
             tg.start_soon(one, name, payloads)
 
 
+async def queue_behind_a_running_batch(batcher: Batcher, runner: FakeRunner, jobs: dict[str, list[str]]) -> dict:
+    """Submit ``jobs`` while the runner holds a first batch, then let it go: every job is queued
+    before the next batch is cut. Each job's results (or error), "first" included."""
+    results: dict = {}
+    runner.hold()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        tg.start_soon(submit_all, batcher, jobs, results)
+        await anyio.wait_all_tasks_blocked()
+        runner.release()
+    return results
+
+
 async def test_one_job_gets_its_results_in_order():
     runner = FakeRunner()
     async with Batcher(runner, policy()) as batcher:
@@ -268,15 +282,9 @@ async def test_an_expired_job_times_out_and_its_items_never_run():
 
 async def test_a_poisoned_item_fails_only_its_own_job():
     runner = FakeRunner(poison="j3.1")
-    runner.hold()
-    results: dict = {}
-    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        jobs = {f"j{i}": job(f"j{i}", 2) for i in range(8)}
-        tg.start_soon(submit_all, batcher, jobs, results)
-        await anyio.wait_all_tasks_blocked()
-        runner.release()
+    jobs = {f"j{i}": job(f"j{i}", 2) for i in range(8)}
+    async with Batcher(runner, policy()) as batcher:
+        results = await queue_behind_a_running_batch(batcher, runner, jobs)
     assert isinstance(results["j3"], InferenceFailed)
     assert str(results["j3"]) == "inference_failed: the model failed on this job's input: ValueError"
     for name in jobs.keys() - {"j3"}:
@@ -296,15 +304,9 @@ async def test_the_loop_survives_a_runner_that_misbehaves(bad: str):
 
 async def test_out_of_memory_splits_and_shrinks_the_budget_without_failing_jobs():
     runner = FakeRunner(oom_above=4)
-    runner.hold()
-    results: dict = {}
-    async with Batcher(runner, policy(max_batch_tokens=4096)) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        jobs = {f"j{i}": job(f"j{i}", 4) for i in range(4)}
-        tg.start_soon(submit_all, batcher, jobs, results)
-        await anyio.wait_all_tasks_blocked()
-        runner.release()
+    jobs = {f"j{i}": job(f"j{i}", 4) for i in range(4)}
+    async with Batcher(runner, policy(max_batch_tokens=4096)) as batcher:
+        results = await queue_behind_a_running_batch(batcher, runner, jobs)
     for name, payloads in jobs.items():
         assert results[name] == [f"out:{p}" for p in payloads]
     assert batcher.budget_tokens < 4096
@@ -357,17 +359,11 @@ async def test_enqueue_admits_or_refuses_before_returning_and_the_ticket_waits()
 
 async def test_identical_items_queued_at_once_run_once_and_every_job_gets_the_result():
     runner = FakeRunner()
-    runner.hold()
-    results: dict = {}
     seen: list[BatchStats] = []
-    async with Batcher(runner, policy(), on_batch=seen.append) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        # Three jobs ask about the same headline; one of them asks the same pair twice.
-        jobs = {"a": ["h.0", "h.1", "x"], "b": ["h.0", "h.1"], "c": ["h.1", "h.0", "h.1"]}
-        tg.start_soon(submit_all, batcher, jobs, results)
-        await anyio.wait_all_tasks_blocked()
-        runner.release()
+    # Three jobs ask about the same headline; one of them asks the same pair twice.
+    jobs = {"a": ["h.0", "h.1", "x"], "b": ["h.0", "h.1"], "c": ["h.1", "h.0", "h.1"]}
+    async with Batcher(runner, policy(), on_batch=seen.append) as batcher:
+        results = await queue_behind_a_running_batch(batcher, runner, jobs)
     assert runner.batches[1] == ["h.0", "h.1", "x"]  # distinct payloads, first-seen order
     for name, payloads in jobs.items():
         assert results[name] == [f"out:{p}" for p in payloads]
@@ -379,14 +375,8 @@ async def test_identical_items_queued_at_once_run_once_and_every_job_gets_the_re
 
 async def test_merging_can_be_turned_off():
     runner = FakeRunner()
-    runner.hold()
-    results: dict = {}
-    async with Batcher(runner, policy(merge_identical=False)) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        tg.start_soon(submit_all, batcher, {"a": ["h", "h"], "b": ["h"]}, results)
-        await anyio.wait_all_tasks_blocked()
-        runner.release()
+    async with Batcher(runner, policy(merge_identical=False)) as batcher:
+        results = await queue_behind_a_running_batch(batcher, runner, {"a": ["h", "h"], "b": ["h"]})
     assert runner.batches[1] == ["h", "h", "h"]
     assert results["a"] == ["out:h", "out:h"] and results["b"] == ["out:h"]
     assert batcher.stats.items_merged == 0
@@ -394,14 +384,7 @@ async def test_merging_can_be_turned_off():
 
 async def test_a_poisoned_item_asked_by_two_jobs_fails_both_and_no_other():
     runner = FakeRunner(poison="bad")
-    runner.hold()
-    results: dict = {}
-    async with Batcher(runner, policy()) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        jobs = {"a": ["ok", "bad"], "b": ["bad"], "c": ["ok", "other"]}
-        tg.start_soon(submit_all, batcher, jobs, results)
-        await anyio.wait_all_tasks_blocked()
-        runner.release()
+    async with Batcher(runner, policy()) as batcher:
+        results = await queue_behind_a_running_batch(batcher, runner, {"a": ["ok", "bad"], "b": ["bad"], "c": ["ok", "other"]})
     assert isinstance(results["a"], InferenceFailed) and isinstance(results["b"], InferenceFailed)
     assert results["c"] == ["out:ok", "out:other"]

@@ -26,19 +26,25 @@ def headlines() -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()][:40]
 
 
+async def infer_together(engine: NliEngine, jobs: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+    """Every job's logits, the jobs submitted at once."""
+    together: list = [None] * len(jobs)
+
+    async def one(i: int) -> None:
+        together[i] = await engine.infer(jobs[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(jobs)):
+            tg.start_soon(one, i)
+    return together
+
+
 async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(tiny_model, headlines):
     jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines]
     async with NliEngine.start(settings(), model=tiny_model) as engine:
         alone = [await engine.infer(pairs) for pairs in jobs[:5]]
         batches_before = engine.batcher.stats.batches
-        together: list = [None] * len(jobs)
-
-        async def one(i: int) -> None:
-            together[i] = await engine.infer(jobs[i])
-
-        async with anyio.create_task_group() as tg:
-            for i in range(len(jobs)):
-                tg.start_soon(one, i)
+        together = await infer_together(engine, jobs)
         batches = engine.batcher.stats.batches - batches_before
     assert batches < len(jobs)
     for i, logits in enumerate(alone):
@@ -81,14 +87,7 @@ async def test_the_same_pairs_asked_by_jobs_at_once_run_once_with_the_numbers_of
     async with NliEngine.start(settings(), model=tiny_model, on_batch=seen.append) as engine:
         alone = [await engine.infer(pairs) for pairs in jobs[:4]]
         seen.clear()
-        together: list = [None] * len(jobs)
-
-        async def one(i: int) -> None:
-            together[i] = await engine.infer(jobs[i])
-
-        async with anyio.create_task_group() as tg:
-            for i in range(len(jobs)):
-                tg.start_soon(one, i)
+        together = await infer_together(engine, jobs)
     assert sum(batch.items for batch in seen) == 36
     assert sum(batch.merged_items for batch in seen) >= 12  # 36 pairs, 12 of them distinct
     for i, logits in enumerate(together):
