@@ -166,8 +166,8 @@ async def inproc_row(run: Run, pool: ClientPool) -> dict:
 
 
 async def inproc_dtype_row(run: Run, pool: ClientPool) -> dict:
-    """burst-nli in process with the other half-precision type (bf16 against fp16, or fp16
-    against bf16): same range as fp32 or more mantissa, at what speed."""
+    """burst-nli in process in the other half-precision type (bf16 beside fp16, or fp16
+    beside bf16): bf16 keeps fp32's range, fp16 more precision; this row says what each costs."""
     other = "float16" if run.model.dtype == torch.bfloat16 else "bfloat16"
     way = f"burst-nli in process, {other}"
     if run.model.device.type != "cuda":
