@@ -1,7 +1,7 @@
 """Logging: structlog JSON lines to stdout, configured once, with stdlib logging routed through it.
 
 RunPod collects a worker's stdout, so one JSON object a line (ISO time, level, logger, event and
-the job's bound ``job_id``/``operation``) is what its log view and any shipper can parse. Library
+the job's ``job_id``/``operation``) is what its log view and any shipper can parse. Library
 logs (transformers, uvicorn, asyncio) go through the same renderer. The runpod SDK prints through
 its own ``RunPodLogger``, whose default level is DEBUG (a line per poll): it is held at WARN unless
 our level is DEBUG or ``RUNPOD_LOG_LEVEL`` says otherwise.

@@ -40,7 +40,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-from structlog.contextvars import bound_contextvars
 
 from batching import InvalidInput, ServiceError, Unavailable
 from schemas import build_job_schema, explain_validation_error
@@ -311,8 +310,8 @@ class PodApp:
         self._record(body.input)
         assert self._task_group is not None
         self._task_group.start_soon(self._run_job, record, admitted, name=f"job {job_id}")
-        with bound_contextvars(job_id=job_id, operation=admitted.operation):
-            log.debug("job_accepted", pairs=len(admitted.plan.pairs), timeout_s=body.timeout_s)
+        log.debug("job_accepted", job_id=job_id, operation=admitted.operation, pairs=len(admitted.plan.pairs),
+                  timeout_s=body.timeout_s)  # fmt: skip
         return record
 
     def _record(self, job_input: msgspec.Raw) -> None:
@@ -324,19 +323,19 @@ class PodApp:
             log.exception("record_failed", path=str(self.recorder.path))
 
     async def _run_job(self, record: JobRecord, admitted: AdmittedJob) -> None:
-        with bound_contextvars(job_id=record.id, operation=record.operation):
-            try:
-                with record.scope:
-                    self.store.start(record)
-                    self._end(record, await finish_job(admitted))
-            except Exception:  # a bug here must not take the task group, and the server, down
-                log.exception("job_crashed")
-                self.store.finish(record, FAILED, error=f"internal: unexpected error; see the log (job {record.id})")
-            finally:
-                self.store.finish(record, CANCELLED)  # a no-op unless it was cancelled
-                view = record.view()
-                times = {"delay_ms": view["delayTime"], "execution_ms": view["executionTime"]}
-                log.info("job_ended", status=record.status, **times)
+        named = {"job_id": record.id, "operation": record.operation}  # named, not bound: see service.admit_job
+        try:
+            with record.scope:
+                self.store.start(record)
+                self._end(record, await finish_job(admitted))
+        except Exception:  # a bug here must not take the task group, and the server, down
+            log.exception("job_crashed", **named)
+            self.store.finish(record, FAILED, error=f"internal: unexpected error; see the log (job {record.id})")
+        finally:
+            self.store.finish(record, CANCELLED)  # a no-op unless it was cancelled
+            view = record.view()
+            times = {"delay_ms": view["delayTime"], "execution_ms": view["executionTime"]}
+            log.info("job_ended", **named, status=record.status, **times)
 
     def _end(self, record: JobRecord, outcome: JobOutcome) -> None:
         if outcome.error is None:
@@ -359,8 +358,7 @@ class PodApp:
         record = self.job(job_id)
         if self.store.finish(record, CANCELLED):
             record.scope.cancel()
-            with bound_contextvars(job_id=record.id, operation=record.operation):
-                log.info("job_cancel_requested")
+            log.info("job_cancel_requested", job_id=record.id, operation=record.operation)
         return record
 
     # ---- views --------------------------------------------------------------------------------
