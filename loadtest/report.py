@@ -65,6 +65,8 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     statuses: dict[str, int]
     batches: int | None = None
     mean_batch_pairs: float | None = None
+    merged_pairs: int | None = None
+    """Pairs computed once for several jobs (identical pairs in one batch)."""
     padding_efficiency: float | None = None
 
     def table(self) -> str:
@@ -82,7 +84,8 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
         ]  # fmt: skip
         if self.batches is not None:
             rows += [
-                ("batches", f"{self.batches}, mean {self.mean_batch_pairs or 0:.1f} pairs"),
+                ("batches", f"{self.batches}, mean {self.mean_batch_pairs or 0:.1f} pairs, "
+                            f"{self.merged_pairs or 0} pairs merged"),
                 ("padding efficiency", f"{self.padding_efficiency or 0:.3f}"),
             ]
         errors = {status: n for status, n in self.statuses.items() if status != COMPLETED}
@@ -130,6 +133,7 @@ def _with_batches(summary: Summary, batches: list[BatchRecord]) -> Summary:
         summary,
         batches=len(batches),
         mean_batch_pairs=round(sum(batch.pairs for batch in batches) / len(batches), 2) if batches else 0.0,
+        merged_pairs=sum(batch.merged_pairs for batch in batches),
         padding_efficiency=round(real / padded, 4) if padded else 1.0,
     )
 

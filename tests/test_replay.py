@@ -114,6 +114,7 @@ async def test_an_inproc_replay_completes_every_job_and_reports_it_consistently(
     assert run.batches and summary.batches == len(run.batches)
     assert summary.pairs == sum(batch.pairs for batch in run.batches)  # every pair ran in some batch
     assert summary.mean_batch_pairs == round(summary.pairs / summary.batches, 2)
+    assert summary.merged_pairs == sum(batch.merged_pairs for batch in run.batches)
     assert 0 < summary.padding_efficiency <= 1  # type: ignore[operator]
     assert summary.jobs_per_s == round(12 / run.wall_s, 2)
     latency = summary.latency_ms
@@ -212,7 +213,7 @@ def test_the_command_prints_the_table_and_writes_the_report(tmp_path, capsys, mo
     assert "\r[" not in printed.err  # no progress bar when stderr is not a terminal
     summary = json.loads((out / "summary.json").read_text())
     for field in ("jobs", "completed", "failed", "rejected", "pairs", "wall_s", "jobs_per_s", "pairs_per_s",
-                  "batches", "mean_batch_pairs", "padding_efficiency"):  # fmt: skip
+                  "batches", "mean_batch_pairs", "merged_pairs", "padding_efficiency"):  # fmt: skip
         assert field in summary
     assert set(summary["latency_ms"]) == {"p50", "p90", "p99", "max"}
     assert len((out / "jobs.jsonl").read_text().splitlines()) == 8

@@ -62,6 +62,8 @@ class BatchRecord:
     real_tokens: int
     padded_tokens: int
     compute_s: float
+    merged_pairs: int = 0
+    """Pairs that shared the row of an identical pair: the model ran ``pairs - merged_pairs``."""
 
 
 class Target(Protocol):

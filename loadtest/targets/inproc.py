@@ -51,6 +51,7 @@ class InprocTarget:
                     real_tokens=batch.real_tokens,
                     padded_tokens=batch.padded_tokens,
                     compute_s=batch.compute_s,
+                    merged_pairs=batch.merged_items,
                 )
             )
 
