@@ -56,6 +56,7 @@ API_KEY_ENV = "RUNPOD_EMULATOR_API_KEY"
 LONG_POLL_S = 5.0  # how long an empty job-take or job-stop is held (the SDK gives up after 90 s)
 WORKER_SEEN_S = 30.0  # a worker that has neither polled nor pinged for this long is gone
 RUNSYNC_WAIT_MS = (1000, 90_000, 300_000)  # RunPod's ?wait= bounds and default, in ms
+KEEP_ALIVE_S = 75.0  # idle connections outlive the clients' pools (aiohttp 15 s), which close them first
 RUN_MAX_BYTES, RUNSYNC_MAX_BYTES = 10 * 2**20, 20 * 2**20  # RunPod's payload limits
 
 
@@ -625,7 +626,8 @@ async def serve_emulator(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S,
+                            timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="runpod-emulator")
     try:
@@ -722,7 +724,8 @@ def run(args: argparse.Namespace) -> int:
     log.info("emulator_starting", base_url=f"{root_url}/v2/{args.endpoint_id}", auth=args.api_key is not None,
              hint="python -m loadtest emulate-runpod --print-env (same options) prints a worker's environment")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level="info",
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+                            access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S,
+                            timeout_graceful_shutdown=5)
     with contextlib.suppress(KeyboardInterrupt):
         _EmulatorServer(config, queue).run()
     return 0
