@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 
@@ -95,23 +96,38 @@ async def test_a_burst_of_300_jobs_and_runsync_on_a_real_server(pod_server, exam
     assert batches < len(jobs)  # the jobs' pairs shared batches
 
 
+async def _get_ping(stream: anyio.abc.SocketStream) -> bytes:
+    """One ``GET /ping`` on an open connection; the whole response, or b"" if the server closed it."""
+    await stream.send(b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n")
+    response = b""
+    with anyio.fail_after(10):
+        while not (b"\r\n\r\n" in response and response.endswith(b"}")):
+            try:
+                response += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return response
+    return response
+
+
 async def test_an_idle_keep_alive_connection_outlives_the_clients_pool(pod_server) -> None:
     # A client pool (httpx, aiohttp) reuses a connection idle for up to 5-15 s. Had the server
     # closed it first (uvicorn's default is 5 s), a /run sent on it that moment would be reset.
-    async def get_ping(stream: anyio.abc.SocketStream) -> bytes:
-        await stream.send(b"GET /ping HTTP/1.1\r\nHost: test\r\n\r\n")
-        response = b""
-        with anyio.fail_after(10):
-            while not (b"\r\n\r\n" in response and response.endswith(b"}")):
-                response += await stream.receive()
-        return response
-
     async with pod_server() as base_url:
         host, port = base_url.removeprefix("http://").split(":")
         async with await anyio.connect_tcp(host, int(port)) as stream:
-            assert (await get_ping(stream)).startswith(b"HTTP/1.1 200")
+            assert (await _get_ping(stream)).startswith(b"HTTP/1.1 200")
             await anyio.sleep(6)  # idle longer than httpx's pool keeps a connection
-            assert (await get_ping(stream)).startswith(b"HTTP/1.1 200")
+            assert (await _get_ping(stream)).startswith(b"HTTP/1.1 200")
+
+
+async def test_keep_alive_s_sets_how_long_an_idle_connection_stays_open(pod_server) -> None:
+    async with pod_server(keep_alive_s=0.2) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            assert (await _get_ping(stream)).startswith(b"HTTP/1.1 200")
+            with anyio.fail_after(10):
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await stream.receive()  # the server closes the idle connection
 
 
 async def test_cancel_and_overload_on_a_real_server(pod_server, tiny_model, monkeypatch) -> None:

@@ -65,6 +65,7 @@ def test_merging_identical_pairs_is_on_unless_turned_off():
     ("env", "message"),
     [
         ({"JOB_TTL_S": "0"}, "JOB_TTL_S: must be positive"),
+        ({"KEEP_ALIVE_S": "0"}, "KEEP_ALIVE_S: must be positive"),
         ({"MAX_FINISHED_JOBS": "0"}, "MAX_FINISHED_JOBS: must be at least 1"),
         ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES: must be at least 1"),
         ({"METRICS_PORT": "70000"}, "METRICS_PORT: must be a TCP port"),

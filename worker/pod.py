@@ -68,13 +68,6 @@ RUNSYNC_MAX_WAIT_MS = 300_000
 """``/runsync?wait=`` is in milliseconds, as on RunPod's endpoints (1000 to 300000 there)."""
 GRACEFUL_SHUTDOWN_S = 30.0
 """On SIGTERM uvicorn lets open requests (``/runsync`` waits) finish for this long."""
-KEEP_ALIVE_S = 75.0
-"""How long an idle keep-alive connection stays open (uvicorn's default is 5 s).
-
-Longer than the idle limits of client pools (httpx 5 s, aiohttp 15 s) and of load balancers
-(60 s is common), so the client always drops an idle connection first. If the server closed it
-first, a request the client sent on it at that moment would be reset unanswered: a lost ``/run``.
-"""
 OPEN_PATHS = frozenset({"/ping", "/metrics"})
 """Routes that need no API key: load-balancer health checks and Prometheus scrapes."""
 
@@ -524,7 +517,7 @@ async def running_server(
             await pod.wait_ready()
             config = uvicorn.Config(
                 pod.app, log_config=None, access_log=False, lifespan="off", ws="none",
-                timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             )  # fmt: skip
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
@@ -587,7 +580,7 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, r
         access_log=settings.log_level.upper() == "DEBUG",
         lifespan="on",
         ws="none",
-        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = uvicorn.Server(config)

@@ -61,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Pod mode: finished jobs kept at most; the oldest are forgotten first."""
     max_body_bytes: int = 1_048_576
     """Pod mode: larger request bodies are refused with 413."""
+    keep_alive_s: float = 75.0
+    """Pod mode: how long an idle HTTP connection stays open. Longer than clients' pools (httpx
+    5 s, aiohttp 15 s) and any load balancer in front keep one, so they close it first: a request
+    sent as the server closed the connection would be reset unanswered."""
     metrics_port: int | None = None
     """Serverless mode: serve Prometheus ``/metrics`` on this port (pod mode serves it on its own port)."""
     limits: Limits = Limits()
@@ -86,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"JOB_TIMEOUT_S: must be positive, got {self.job_timeout_s}")
         if self.job_ttl_s <= 0:
             raise SettingsError(f"JOB_TTL_S: must be positive, got {self.job_ttl_s}")
+        if self.keep_alive_s <= 0:
+            raise SettingsError(f"KEEP_ALIVE_S: must be positive, got {self.keep_alive_s}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise SettingsError(f"METRICS_PORT: must be a TCP port (1-65535), got {self.metrics_port}")
         if self.api_key is not None and not self.api_key.strip():
