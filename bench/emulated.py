@@ -20,7 +20,7 @@ from collections.abc import Callable
 import anyio
 import numpy as np
 
-from worker.model import Collated, NliModel
+from worker.model import GPU_LENGTH_MULTIPLE, Collated, NliModel
 from worker.settings import Settings
 
 H100_FIXED_S = 4.0e-3
@@ -47,6 +47,7 @@ def emulated(model: NliModel, forward: str) -> EmulatedModel:
     """The same tokenizer, template and limits as ``model``, with the ``forward`` named."""
     wrapped = EmulatedModel(model.name, model.tokenizer, model.model)
     wrapped.forward = FORWARDS[forward]
+    wrapped.length_multiple = GPU_LENGTH_MULTIPLE  # pads as the GPU it emulates does
     return wrapped
 
 

@@ -118,3 +118,17 @@ def test_admission_bench_compares_both_ways_on_the_same_bursts(tmp_path: Path) -
     assert set(ways) == {"per job", "tick"}
     assert all(way["burst_ms"] > 0 and way["loop_cpu_ms"] > 0 for way in ways.values())
     assert "| free | tick |" in (tmp_path / "admission.md").read_text()
+
+
+def test_padding_bench_compares_the_gpus_rounding_with_the_cpus(tmp_path: Path) -> None:
+    """bench/padding.py at its smallest: lengths rounded up to 8 against the longest pair, alternating."""
+    command = [sys.executable, "bench/padding.py", "--model", "synthetic:tiny", "--jobs", "6", "--repeats", "1",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rounded, exact = json.loads((tmp_path / "padding.json").read_text())["rows"]
+    assert rounded["way"].startswith("multiple of 8") and exact["way"].startswith("the longest pair")
+    assert rounded["pairs"] == exact["pairs"] == 6 * 6
+    assert rounded["padded_tokens"] % 8 == 0  # every batch n × a multiple of 8
+    assert 0 < rounded["padding_efficiency"] <= 1 and 0 < exact["padding_efficiency"] <= 1

@@ -52,6 +52,21 @@ async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(t
         np.testing.assert_allclose(together[i], logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("multiple", [1, 8], ids=["cpu", "gpu-shaped"])
+async def test_the_batcher_budgets_padded_lengths_as_the_model_pads_them(tiny_model, multiple):
+    from worker.model import NliModel
+
+    model = NliModel("padded", tiny_model.tokenizer, tiny_model.model)
+    model.length_multiple = multiple
+    pair = model.pair(model.encode_text("Apple Declares $0.25 Dividend"), model.hypothesis_ids(HYPOTHESES[0]))
+    async with NliEngine.start(settings(), model=model) as engine:
+        before = engine.batcher.stats.padded_tokens
+        await engine.infer([("Apple Declares $0.25 Dividend", HYPOTHESES[0])])
+        padded = engine.batcher.stats.padded_tokens - before
+    assert engine.batcher.policy.length_multiple == multiple
+    assert padded == model.collate([pair]).padded_tokens == -(-pair.length // multiple) * multiple
+
+
 async def test_a_premise_is_tokenized_once_across_the_jobs_that_ask_about_it(tiny_model, monkeypatch):
     calls: list[str] = []
     encode = tiny_model.encode_text

@@ -10,6 +10,7 @@ import torch
 
 from batching.errors import ResourceExhausted
 from worker.model import (
+    GPU_LENGTH_MULTIPLE,
     NliModel,
     build_synthetic,
     label_indices,
@@ -126,17 +127,28 @@ def test_logits_do_not_depend_on_batch_mates(tiny_model):
     np.testing.assert_allclose(batched[32], alone[0], rtol=0, atol=1e-5)
 
 
-def test_collate_pads_to_a_multiple_and_masks_exactly(tiny_model):
-    pairs = _mixed_pairs(tiny_model, 13)[:-1]  # leave out the longest, so rounding shows
+def test_collate_pads_to_the_longest_on_a_cpu_and_masks_exactly(tiny_model):
+    pairs = _mixed_pairs(tiny_model, 13)[:-1]
     batch = tiny_model.collate(pairs)
-    longest = max(p.length for p in pairs)
-    assert batch.padded_len % 8 == 0 and longest <= batch.padded_len < longest + 8
+    assert tiny_model.length_multiple == 1  # a CPU pays for every padded token and reuses no shapes
+    assert batch.padded_len == max(p.length for p in pairs)
     assert batch.input_ids.shape == batch.attention_mask.shape == (len(pairs), batch.padded_len)
     assert batch.attention_mask.sum(dim=1).tolist() == [p.length for p in pairs]
     assert batch.token_type_ids is None  # DistilBERT's forward takes none
     assert (batch.n_pairs, batch.real_tokens) == (len(pairs), sum(p.length for p in pairs))
     assert batch.padded_tokens == len(pairs) * batch.padded_len
-    assert tiny_model.collate(_mixed_pairs(tiny_model, 64)).padded_len == 512  # capped, 512 is a multiple
+
+
+def test_collate_pads_to_a_multiple_of_8_as_on_a_gpu(tiny_model):
+    model = NliModel("gpu-shaped", tiny_model.tokenizer, tiny_model.model)
+    model.length_multiple = GPU_LENGTH_MULTIPLE  # what a CUDA device gets
+    pairs = _mixed_pairs(model, 13)[:-1]  # leave out the longest, so rounding shows
+    batch = model.collate(pairs)
+    longest = max(p.length for p in pairs)
+    assert batch.padded_len % 8 == 0 and longest <= batch.padded_len < longest + 8
+    assert batch.attention_mask.sum(dim=1).tolist() == [p.length for p in pairs]
+    np.testing.assert_allclose(model.run(batch), tiny_model.run(tiny_model.collate(pairs)), rtol=0, atol=1e-5)
+    assert model.collate(_mixed_pairs(model, 64)).padded_len == 512  # capped: 512 is a multiple
 
 
 def _tiny_bert(tiny_model: NliModel) -> NliModel:
@@ -347,7 +359,7 @@ def test_a_deberta_v2_model_runs_through_the_runner(tiny_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp16_pins_batches_and_stays_batch_invariant():
     model = NliModel.load("synthetic:tiny")
-    assert (model.device.type, model.dtype) == ("cuda", torch.float16)
+    assert (model.device.type, model.dtype, model.length_multiple) == ("cuda", torch.float16, GPU_LENGTH_MULTIPLE)
     pairs = _mixed_pairs(model, 64)
     batch = model.collate(pairs)
     assert batch.input_ids.is_pinned() and batch.attention_mask.is_pinned()

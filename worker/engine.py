@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import numpy as np
@@ -64,7 +64,9 @@ class NliEngine:
                 lambda: NliModel.load(settings.model_name, device=settings.device, dtype=settings.dtype)
             )
         loaded = anyio.current_time()
+        # The batcher budgets padded lengths as the model pads them.
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
+        policy = replace(policy, length_multiple=model.length_multiple)
         warmup_s = await anyio.to_thread.run_sync(model.warm_up, settings.warmup_max_len)
         _freeze_startup_objects()
         startup = StartupReport(model_load_s=loaded - started, warmup_s=warmup_s)

@@ -318,10 +318,19 @@ def _length_limits(tokenizer: Any, config: Any) -> tuple[int, int]:
     return max_length, max(max_length, positions if isinstance(positions, int) else 0)
 
 
+GPU_LENGTH_MULTIPLE = 8
+"""On a GPU padded lengths are rounded up to a multiple of this (tensor-core tiles, reused shapes)."""
+WARM_UP_STEP = 8
+"""``warm_up`` runs a padded length every this many tokens (every bucket on a GPU)."""
+
+
 class NliModel:
     """A sequence-classification NLI model with its tokenizer, ready for batched pairs."""
 
-    length_multiple: int = 8  # padded sequence lengths are multiples of this
+    length_multiple: int
+    """Padded sequence lengths are multiples of this: ``GPU_LENGTH_MULTIPLE`` on a GPU, whose kernels
+    (and CUDA graphs) are chosen per shape, so shapes should repeat; 1 on a CPU, whose forward time
+    grows with every padded token and which keeps nothing per shape (BENCHMARKS.md)."""
 
     def __init__(
         self, name: str, tokenizer: Any, model: torch.nn.Module, *, hypothesis_cache_size: int = 4096
@@ -332,6 +341,7 @@ class NliModel:
         self.model = model.eval()
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
+        self.length_multiple = GPU_LENGTH_MULTIPLE if self.device.type == "cuda" else 1
         config = model.config
         self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
         self.entailment_index, self.contradiction_index = label_indices(config.label2id)
@@ -487,7 +497,8 @@ class NliModel:
         ) from failure
 
     def warm_up(self, max_len: int = 128, batch_pairs: int = 1) -> float:
-        """One forward per padded-length bucket up to ``max_len``; returns the seconds it took.
+        """One forward per padded-length bucket up to ``max_len`` (on a CPU, every 8th length);
+        returns the seconds it took.
 
         The first batch of each new shape pays for kernel selection and allocator growth; paying it
         here keeps it out of the first real jobs' latency.
@@ -496,7 +507,8 @@ class NliModel:
         filler = self.encode_text("warm up")[:1] or (self._pad_id,)
         top = self.padded_length(min(max_len, self.max_length))
         specials = self.template.num_special_tokens
-        for padded_len in range(self.length_multiple, top + 1, self.length_multiple):
+        step = max(self.length_multiple, WARM_UP_STEP)  # a CPU has no per-shape state to warm at each length
+        for padded_len in range(step, top + 1, step):
             premise_len = max(min(padded_len, self.max_length) - specials - 1, 0)
             pair = self.pair(filler * premise_len, filler)
             self.run(self.collate([pair] * batch_pairs))
