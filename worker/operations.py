@@ -97,6 +97,14 @@ def _softmax_floats(values: Sequence[float]) -> list[float]:
     return [value / total for value in exps]
 
 
+Rows = np.ndarray | Sequence[Sequence[float]]
+"""Logit rows ``[n, num_labels]``: a job's array, or its rows as lists of Python floats."""
+
+
+def _float_rows(rows: Rows) -> Sequence[Sequence[float]]:
+    return rows.tolist() if isinstance(rows, np.ndarray) else rows
+
+
 class NliHead(Protocol):
     """What scoring needs to know of the model (``NliModel`` has it)."""
 
@@ -118,24 +126,22 @@ class Scoring:
     def of(cls, head: NliHead, thresholds: Thresholds) -> Scoring:
         return cls(tuple(head.labels), head.entailment_index, head.contradiction_index, thresholds)
 
-    def entailed(self, rows: np.ndarray) -> np.ndarray:
+    def entailed(self, rows: Rows) -> list[float]:
         """Multi-label style: per row, softmax over (contradiction, entailment) → p(entailment).
 
         A job's rows are a handful of floats: plain Python scores them several times faster
         than numpy's per-call overhead allows (the same float64 arithmetic as ``softmax``).
         """
-        rows = np.asarray(rows).reshape(-1, len(self.labels)).tolist()
         c, e = self.contradiction, self.entailment
-        return np.array([_softmax_floats((row[c], row[e]))[1] for row in rows])
+        return [_softmax_floats((row[c], row[e]))[1] for row in _float_rows(rows)]
 
-    def entailed_by_name(self, rows: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def entailed_by_name(self, rows: Mapping[str, Sequence[float]]) -> dict[str, float]:
         """``entailed`` for named hypotheses, each scored on its own, keyed by name."""
-        return _by_name(list(rows), self.entailed(np.stack(list(rows.values()))))
+        return _by_name(list(rows), self.entailed(list(rows.values())))
 
-    def competing(self, rows: np.ndarray) -> np.ndarray:
+    def competing(self, rows: Rows) -> list[float]:
         """Single-label style: softmax over the rows' entailment logits (rows compete)."""
-        rows = np.asarray(rows).reshape(-1, len(self.labels)).tolist()
-        return np.array(_softmax_floats([row[self.entailment] for row in rows]))
+        return _softmax_floats([row[self.entailment] for row in _float_rows(rows)])
 
 
 # --- plans ----------------------------------------------------------------------------------------
@@ -163,12 +169,13 @@ def join(parts: Sequence[Plan[Any]], build: Callable[[list[Any]], T]) -> Plan[T]
     return Plan(tuple(pair for part in parts for pair in part.pairs), aggregate)
 
 
-def ask(premise: str, named: Mapping[str, str]) -> Plan[dict[str, np.ndarray]]:
-    """Pairs (premise, hypothesis) for named hypotheses; aggregates to ``{name: logits row}``."""
+def ask(premise: str, named: Mapping[str, str]) -> Plan[dict[str, list[float]]]:
+    """Pairs (premise, hypothesis) for named hypotheses; aggregates to ``{name: logits row}``,
+    each row a list of Python floats (the aggregators score them without numpy)."""
     names = list(named)
     return Plan(
         tuple((premise, named[name]) for name in names),
-        lambda logits: dict(zip(names, np.asarray(logits))),
+        lambda logits: dict(zip(names, np.asarray(logits).tolist())),
     )
 
 
@@ -200,7 +207,7 @@ def _zero_shot(op: ZeroShotJob, scoring: Scoring) -> Plan[ZeroShotResult]:
 
     def one_text(text: str) -> Plan[ZeroShotScores]:
         def aggregate(logits: np.ndarray) -> ZeroShotScores:
-            scores = scoring.entailed(logits) if independent else scoring.competing(logits)
+            scores = np.array(scoring.entailed(logits) if independent else scoring.competing(logits))
             order = list(reversed(scores.argsort()))  # the pipeline's own ordering, ties included
             return ZeroShotScores(
                 sequence=text,
@@ -219,14 +226,14 @@ def _classify(headline: str, company: str | None, scoring: Scoring) -> Plan[Clas
     if company is not None:
         named["company"] = H.COMPANY.format(company=company)
 
-    def build(rows: dict[str, np.ndarray]) -> ClassifyResult:
-        p_opinion, p_news = scoring.competing(np.stack([rows["opinion"], rows["straight_news"]]))
-        temporal = _by_name(list(H.TEMPORAL), scoring.competing(np.stack([rows[n] for n in H.TEMPORAL])))
+    def build(rows: dict[str, list[float]]) -> ClassifyResult:
+        p_opinion, p_news = scoring.competing([rows["opinion"], rows["straight_news"]])
+        temporal = _by_name(list(H.TEMPORAL), scoring.competing([rows[n] for n in H.TEMPORAL]))
         is_opinion = bool(p_opinion >= scoring.thresholds.opinion)
         scores = {"opinion": float(p_opinion), "straight_news": float(p_news), **temporal}
         company_fields: dict[str, Any] = {}
         if company is not None:
-            company_score = scores["company"] = float(scoring.entailed(rows["company"])[0])
+            company_score = scores["company"] = scoring.entailed([rows["company"]])[0]
             company_fields = {
                 "company_score": company_score,
                 "is_about_company": company_score >= scoring.thresholds.company,
@@ -254,8 +261,8 @@ def _classify_batch(op: ClassifyBatchJob, scoring: Scoring) -> Plan[ClassifyBatc
 
 
 def _relevance(headline: str, company: str, scoring: Scoring) -> Plan[CompanyRelevanceResult]:
-    def build(rows: dict[str, np.ndarray]) -> CompanyRelevanceResult:
-        score = float(scoring.entailed(rows["company"])[0])
+    def build(rows: dict[str, list[float]]) -> CompanyRelevanceResult:
+        score = scoring.entailed([rows["company"]])[0]
         return CompanyRelevanceResult(
             headline=headline,
             company=company,
@@ -305,7 +312,7 @@ def _best(scores: dict[str, float]) -> tuple[str, float]:
 def _quantitative(op: QuantitativeCatalystJob, scoring: Scoring) -> Plan[QuantitativeCatalystResult]:
     values = extract_catalyst_values(op.headline)
 
-    def build(rows: dict[str, np.ndarray]) -> QuantitativeCatalystResult:
+    def build(rows: dict[str, list[float]]) -> QuantitativeCatalystResult:
         scores = scoring.entailed_by_name(rows)
         best, confidence = _best(scores)
         found = confidence >= scoring.thresholds.quantitative_catalyst and bool(values)
@@ -323,7 +330,7 @@ def _quantitative(op: QuantitativeCatalystJob, scoring: Scoring) -> Plan[Quantit
 
 @_plan.register
 def _strategic(op: StrategicCatalystJob, scoring: Scoring) -> Plan[StrategicCatalystResult]:
-    def build(rows: dict[str, np.ndarray]) -> StrategicCatalystResult:
+    def build(rows: dict[str, list[float]]) -> StrategicCatalystResult:
         scores = scoring.entailed_by_name(rows)
         best, confidence = _best(scores)
         found = confidence >= scoring.thresholds.strategic_catalyst
@@ -338,5 +345,5 @@ def _strategic(op: StrategicCatalystJob, scoring: Scoring) -> Plan[StrategicCata
     return ask(op.headline, H.STRATEGIC_CATALYSTS).then(build)
 
 
-def _by_name(names: Sequence[str], values: np.ndarray) -> dict[str, float]:
+def _by_name(names: Sequence[str], values: Sequence[float] | np.ndarray) -> dict[str, float]:
     return {name: float(value) for name, value in zip(names, values)}
