@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,11 +47,12 @@ _DEFAULT_MAX_LENGTH = 512
 _PROBES = (("hello world", "good morning"), ("the quick brown fox", "jumps"))
 
 
-@dataclass(frozen=True, slots=True)
-class PairTokens:
+class PairTokens(NamedTuple):
     """One premise/hypothesis pair, still unassembled.
 
     The premise is tokenized once per job and its tuple is shared by all of that job's pairs.
+    A named tuple, not a frozen dataclass: six are built per job on the event loop, at 0.3
+    against 0.8 µs each; it hashes the same way (identical pairs merge on it).
     """
 
     premise_ids: tuple[int, ...]  # no special tokens, untruncated
