@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -455,7 +456,8 @@ async def test_metrics_serve_the_nli_series(tiny_model) -> None:
     assert open_metrics.text.endswith("# EOF\n")
 
 
-async def test_every_log_line_of_a_job_carries_its_id_and_operation(tiny_model) -> None:
+async def test_every_log_line_of_a_job_carries_its_id_and_operation(tiny_model, caplog) -> None:
+    caplog.set_level(logging.DEBUG)  # the per-job debug lines are built only at DEBUG
     async with pod_client(tiny_model) as (pod, client):
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
             job_id = (await client.post("/runsync", json={"input": CLASSIFY})).json()["id"]

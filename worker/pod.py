@@ -62,6 +62,7 @@ from worker.service import AdmittedJob, JobOutcome, admit_job, finish_job
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.pod")
+_levels = logging.getLogger("worker.pod")  # asked before a per-job debug line (see worker.service)
 
 RUNSYNC_DEFAULT_WAIT_MS = 60_000
 RUNSYNC_MAX_WAIT_MS = 300_000
@@ -310,8 +311,9 @@ class PodApp:
         self._record(body.input)
         assert self._task_group is not None
         self._task_group.start_soon(self._run_job, record, admitted, name=f"job {job_id}")
-        log.debug("job_accepted", job_id=job_id, operation=admitted.operation, pairs=len(admitted.plan.pairs),
-                  timeout_s=body.timeout_s)  # fmt: skip
+        if _levels.isEnabledFor(logging.DEBUG):
+            log.debug("job_accepted", job_id=job_id, operation=admitted.operation, pairs=len(admitted.plan.pairs),
+                      timeout_s=body.timeout_s)  # fmt: skip
         return record
 
     def _record(self, job_input: msgspec.Raw) -> None:

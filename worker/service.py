@@ -13,6 +13,7 @@ and the batcher drops the job's queued pairs as the ``CancelledError`` passes th
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +29,9 @@ from worker.operations import NliHead, Plan, plan_job
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.service")
+_levels = logging.getLogger("worker.service")
+"""Its stdlib twin, asked before a per-job debug line: 0.1 µs, where structlog drops a line
+below the level only after building it (4 µs)."""
 
 
 class Engine(Protocol):
@@ -159,7 +163,8 @@ async def finish_job(job: AdmittedJob) -> JobOutcome:
     named = {"job_id": job.job_id, "operation": job.operation}
     try:
         output = msgspec.to_builtins(job.plan.aggregate(await job.queued.logits()))
-        log.debug("job_done", **named, pairs=len(job.plan.pairs), latency_ms=_ms_since(job.arrived))
+        if _levels.isEnabledFor(logging.DEBUG):
+            log.debug("job_done", **named, pairs=len(job.plan.pairs), latency_ms=_ms_since(job.arrived))
     except ServiceError as err:
         error = err
         log.info("job_failed", **named, error=str(err), code=err.code, latency_ms=_ms_since(job.arrived))
