@@ -132,3 +132,18 @@ def test_padding_bench_compares_the_gpus_rounding_with_the_cpus(tmp_path: Path) 
     assert rounded["pairs"] == exact["pairs"] == 6 * 6
     assert rounded["padded_tokens"] % 8 == 0  # every batch n × a multiple of 8
     assert 0 < rounded["padding_efficiency"] <= 1 and 0 < exact["padding_efficiency"] <= 1
+
+
+def test_versions_bench_alternates_two_revisions(tmp_path: Path) -> None:
+    """bench/versions.py at its smallest: HEAD in a temporary worktree against this tree."""
+    command = [sys.executable, "bench/versions.py", "--before", "HEAD", "--rounds", "1", "--bursts", "1",
+               "--model", "synthetic:tiny", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (round_,) = json.loads((tmp_path / "versions.json").read_text())["rounds"]
+    for side in ("before", "after"):
+        assert round_[side]["wall_ms"] > 0 and round_[side]["loop_cpu_ms"] > 0
+    assert "| **median of the ratios** |" in (tmp_path / "versions.md").read_text()
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "burst-nli-versions-" not in listed  # the temporary worktree is gone

@@ -1,0 +1,147 @@
+"""Two versions of burst-nli on the same bursts, alternating, for changes smaller than the noise.
+
+    python bench/versions.py --before HEAD~1                     # this tree against its parent
+    python bench/versions.py --before v1 --after v2 --rounds 12  # any two revisions
+
+On a shared machine, runs of the same code minutes apart differ by more than a per-job saving of
+a few microseconds (BENCHMARKS.md: 104–161 ms medians for one version). So each version runs in
+its own process, the two alternating ``--rounds`` times, and the table reports every round's pair
+and the median of the ratios. A process loads the synthetic model, starts an engine with the
+emulated forward (``bench/emulated.py``, the GPU's batch budget, no premise cache, metrics on,
+logging at INFO) and times ``--bursts`` bursts of 339 ``classify`` jobs through the service path
+(``admit_job`` and ``finish_job``, as the serverless handler runs them): the median wall time
+and the median CPU time of the event loop's thread (``time.thread_time``), which the machine's
+other load disturbs less. ``--before``/``--after`` are git revisions checked out in temporary
+worktrees (``--after`` defaults to this working tree, uncommitted changes included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BURST_JOBS = 339
+
+
+def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
+    """Runs in a fresh process with ``repo`` first on the path: that version's code is measured."""
+    import os
+    import time
+
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    os.environ["PREMISE_CACHE_SIZE"] = "0"
+    import anyio
+    from prometheus_client import CollectorRegistry
+
+    from bench.emulated import emulated, gpu_policy
+    from loadtest.burst import classify_jobs
+    from schemas import build_job_schema
+    from worker.engine import NliEngine
+    from worker.logs import configure_logging
+    from worker.metrics import Metrics
+    from worker.model import NliModel
+    from worker.service import admit_job, finish_job
+    from worker.settings import Settings
+
+    async def run() -> dict:
+        configure_logging("INFO")
+        settings = gpu_policy(Settings.from_env(model_name=model_name, device="cpu"))
+        model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
+        schema, metrics, jobs = build_job_schema(settings.limits), Metrics(CollectorRegistry()), classify_jobs(BURST_JOBS)
+        async with NliEngine.start(settings, model=model, metrics=metrics) as engine:
+
+            async def one(i: int, job: dict) -> None:
+                outcome = await finish_job(admit_job(engine, schema, job, job_id=str(i), metrics=metrics))
+                assert outcome.error is None, outcome.error
+
+            async def burst() -> None:
+                async with anyio.create_task_group() as tg:
+                    for i, job in enumerate(jobs):
+                        tg.start_soon(one, i, job)
+
+            await burst()  # warm
+            walls, cpus = [], []
+            for _ in range(bursts):
+                cpu, wall = time.thread_time(), time.perf_counter()
+                await burst()
+                walls.append((time.perf_counter() - wall) * 1e3)
+                cpus.append((time.thread_time() - cpu) * 1e3)
+                await anyio.sleep(0.05)  # let the batch log lines drain between bursts
+        return {"wall_ms": statistics.median(walls), "loop_cpu_ms": statistics.median(cpus)}
+
+    return anyio.run(run)
+
+
+def measure(repo: Path, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(repo), "--bursts", str(args.bursts),
+               "--forward", args.forward, "--model", args.model]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the run in {repo} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worktree(revision: str, parent: Path) -> Path:
+    path = parent / revision.replace("/", "_").replace("~", "-").replace("^", "-")
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    return path
+
+
+def markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
+    lines = [f"| round | {before} wall ms | {after} wall ms | {before} loop CPU ms | {after} loop CPU ms |"
+             " loop CPU after/before |", "|" + "---|" * 6]  # fmt: skip
+    for i, (b, a) in enumerate(rounds, 1):
+        lines.append(f"| {i} | {b['wall_ms']:.1f} | {a['wall_ms']:.1f} | {b['loop_cpu_ms']:.1f} | {a['loop_cpu_ms']:.1f} "
+                     f"| {a['loop_cpu_ms'] / b['loop_cpu_ms']:.2f} |")  # fmt: skip
+    wall = statistics.median(a["wall_ms"] / b["wall_ms"] for b, a in rounds)
+    cpu = statistics.median(a["loop_cpu_ms"] / b["loop_cpu_ms"] for b, a in rounds)
+    lines.append(f"| **median of the ratios** | | | | | **{cpu:.2f}** (wall {wall:.2f}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", default="HEAD", help="a git revision (default HEAD)")
+    parser.add_argument("--after", default=None, help="a git revision (default: this working tree)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--bursts", type=int, default=11, help="bursts a process times (its median is kept)")
+    parser.add_argument("--forward", choices=["free", "h100"], default="free")
+    parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.bursts, args.forward, args.model)))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from bench.common import publish
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="burst-nli-versions-") as tmp:
+        try:
+            before = worktree(args.before, Path(tmp))
+            after = worktree(args.after, Path(tmp)) if args.after else ROOT
+            for i in range(args.rounds):
+                rounds.append((measure(before, args), measure(after, args)))
+                print(f"round {i + 1}/{args.rounds}: {rounds[-1]}", file=sys.stderr)
+        finally:
+            for tree in Path(tmp).iterdir():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+    header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "
+              f"a process; {args.rounds} rounds, {args.before} then {args.after or 'this tree'}")
+    publish(args.out, "versions", header, markdown(args.before, args.after or "this tree", rounds),
+            {"rounds": [{"before": b, "after": a} for b, a in rounds]})
+
+
+if __name__ == "__main__":
+    main()
