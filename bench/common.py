@@ -99,3 +99,14 @@ def publish(out: Path | None, name: str, header: str, table: str, data: dict) ->
         (out / f"{name}.json").write_text(json.dumps({"header": header, **data}, indent=2))
         (out / f"{name}.md").write_text(header + "\n\n" + table + "\n")
 
+
+def median_bursts(runs: dict[str, list[dict]], jobs: int) -> list[dict]:
+    """Each way's median burst by wall time (all of that burst's fields), with the spread of its
+    walls: the rows of the scripts that alternate ways burst by burst (merge, padding)."""
+    rows = []
+    for way, samples in runs.items():
+        median = sorted(samples, key=lambda sample: sample["wall_ms"])[(len(samples) - 1) // 2]
+        walls = [sample["wall_ms"] for sample in samples]
+        rows.append({"way": way, "jobs": jobs, **median, "wall_ms": round(median["wall_ms"], 1),
+                     "wall_ms_spread": [round(min(walls), 1), round(max(walls), 1)]})  # fmt: skip
+    return rows

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dtype_name, publish  # noqa: E402
+from bench.common import dtype_name, median_bursts, publish  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
 from loadtest.burst import burst, distinct_headlines  # noqa: E402
 from loadtest.job_inputs import COMPANIES  # noqa: E402
@@ -78,13 +78,7 @@ async def compare(settings: Settings, model: NliModel, jobs: list[dict], repeats
                     "wall_ms": run.wall_s * 1e3, "pairs": run.pairs, "batches": run.batches,
                     "rows": run.pairs - (stats.items_merged - merged0), "padded_tokens": stats.padded_tokens - padded0,
                 })  # fmt: skip
-    rows = []
-    for way, samples in runs.items():
-        median = sorted(samples, key=lambda sample: sample["wall_ms"])[(len(samples) - 1) // 2]
-        rows.append({"way": way, "jobs": len(jobs), **median, "wall_ms": round(median["wall_ms"], 1),
-                     "wall_ms_spread": [round(min(s["wall_ms"] for s in samples), 1),
-                                        round(max(s["wall_ms"] for s in samples), 1)]})  # fmt: skip
-    return rows
+    return median_bursts(runs, len(jobs))
 
 
 def markdown(rows: list[dict]) -> str:

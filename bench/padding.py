@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dtype_name, machine_name, publish  # noqa: E402
+from bench.common import dtype_name, machine_name, median_bursts, publish  # noqa: E402
 from loadtest.burst import burst, classify_jobs  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
@@ -60,13 +60,7 @@ async def compare(settings: Settings, models: dict[str, NliModel], jobs: list[di
                     "padded_tokens": engine.batcher.stats.padded_tokens - padded0,
                     "padding_efficiency": round(run.padding_efficiency, 3),
                 })  # fmt: skip
-    rows = []
-    for way, samples in runs.items():
-        median = sorted(samples, key=lambda sample: sample["wall_ms"])[(len(samples) - 1) // 2]
-        rows.append({"way": way, "jobs": len(jobs), **median, "wall_ms": round(median["wall_ms"], 1),
-                     "wall_ms_spread": [round(min(s["wall_ms"] for s in samples), 1),
-                                        round(max(s["wall_ms"] for s in samples), 1)]})  # fmt: skip
-    return rows
+    return median_bursts(runs, len(jobs))
 
 
 def markdown(rows: list[dict]) -> str:
