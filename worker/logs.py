@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 
+import msgspec
 import structlog
 
 _HANDLER_NAME = "burst-nli-json"
@@ -24,6 +25,14 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.stdlib.ExtraAdder(),
 ]
+
+
+_JSON = msgspec.json.Encoder(enc_hook=repr)  # what it cannot encode it prints as repr, as structlog's own does
+
+
+def _json_line(event_dict: object, **_: object) -> str:
+    """structlog's ``JSONRenderer`` serializer: msgspec, 2 against 15 µs for ``json.dumps``."""
+    return _JSON.encode(event_dict).decode()
 
 
 _PROCESSORS: list[structlog.typing.Processor] = []
@@ -54,6 +63,10 @@ def configure_logging(level: str = "INFO") -> None:
         # call: 1.6% of the event loop's time in a burst.
         cache_logger_on_first_use=True,
     )
+    # What every stdlib record would otherwise collect and no line of ours prints: the caller's
+    # frame, the thread's and the process's names (logging HOWTO, "Optimization"). 50 -> 40 µs a line.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(handler)
@@ -65,7 +78,7 @@ def configure_logging(level: str = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                structlog.processors.JSONRenderer(serializer=_json_line),
             ],
         )
     )
