@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import numpy as np
@@ -65,8 +65,9 @@ class _Admitted:
     pairs: Sequence[Pair]
     hypotheses: list[tuple[int, ...]]
     timeout_s: float | None
-    queued: anyio.Event = field(default_factory=anyio.Event)
-    """Set once the pairs are in the batcher's queue (``ticket``) or could not be (``error``)."""
+    queued: anyio.Event
+    """Set once the pairs are in the batcher's queue (``ticket``) or could not be (``error``):
+    one event for every job of a tick, set when the tick's jobs are queued."""
     ticket: Ticket[np.ndarray] | None = None
     error: BaseException | None = None
     abandoned: bool = False
@@ -108,6 +109,7 @@ class Admission:
         self._admitted: list[_Admitted] = []
         self._admitted_pairs = 0
         self._tick = anyio.Event()
+        self._queued = anyio.Event()  # the jobs admitted this tick wait on it
 
     @property
     def admitted_pairs(self) -> int:
@@ -122,7 +124,7 @@ class Admission:
         """Accept the pairs, or raise the ``ServiceError`` that refuses them; nothing is queued
         or tokenized for a refused job."""
         self.batcher.check_admission(len(pairs), reserved_items=self._admitted_pairs)
-        job = _Admitted(pairs, self._hypotheses(pairs), timeout_s)
+        job = _Admitted(pairs, self._hypotheses(pairs), timeout_s, self._queued)
         self._admitted.append(job)
         self._admitted_pairs += len(pairs)
         self._tick.set()
@@ -141,15 +143,24 @@ class Admission:
         while True:
             await self._tick.wait()
             self._tick = anyio.Event()
-            jobs, self._admitted, self._admitted_pairs = self._admitted, [], 0
-            self._queue(jobs)
+            jobs, queued = self._take_admitted()
+            try:
+                self._queue(jobs)
+            finally:
+                queued.set()
 
     def refuse_admitted(self, error: ServiceError | None = None) -> None:
         """End every job accepted and not queued yet with ``error`` (the engine is stopping)."""
-        jobs, self._admitted, self._admitted_pairs = self._admitted, [], 0
+        jobs, queued = self._take_admitted()
         for job in jobs:
             job.error = error or Unavailable("the engine shut down")
-            job.queued.set()
+        queued.set()
+
+    def _take_admitted(self) -> tuple[list[_Admitted], anyio.Event]:
+        """The jobs admitted so far and the event they wait on; the next tick starts empty."""
+        taken = self._admitted, self._queued
+        self._admitted, self._admitted_pairs, self._queued = [], 0, anyio.Event()
+        return taken
 
     def _hypotheses(self, pairs: Sequence[Pair]) -> list[tuple[int, ...]]:
         """Each pair's hypothesis ids (cached); ``InvalidInput`` naming a pair that cannot fit."""
@@ -188,11 +199,9 @@ class Admission:
         except Exception as err:  # the tokenizer failed: every job ends with it (logged as internal)
             for job in live:
                 job.error = err
-                job.queued.set()
             return
         for job, job_tokens in zip(live, tokens):
             try:
                 job.ticket = self.batcher.enqueue(job_tokens, [t.length for t in job_tokens], timeout_s=job.timeout_s)
             except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
                 job.error = err
-            job.queued.set()
