@@ -61,8 +61,15 @@ class JobSchema:
 
     def decode_input(self, obj: object) -> Operation:
         """Decode a RunPod job's ``input`` (already Python objects) with strict types."""
+        # Converting to the operation's own class, found by its tag, costs 1.8 µs; converting to
+        # the tagged union, 14 µs (msgspec has nowhere to cache a Union's type info between calls).
+        # A missing or unknown tag goes through the union, for msgspec's own error message.
+        operation = obj.get("operation") if isinstance(obj, dict) else None
+        target = self.operation_type
+        if isinstance(operation, str):
+            target = self.job_types.get(operation, target)
         try:
-            op: Job = msgspec.convert(obj, self.operation_type, strict=True)
+            op: Job = msgspec.convert(obj, target, strict=True)
         except msgspec.ValidationError as err:
             raise InvalidInput(explain_validation_error(str(err))) from err
         except RecursionError as err:
