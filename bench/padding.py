@@ -70,8 +70,9 @@ def markdown(rows: list[dict]) -> str:
     for entry in rows:
         low, high = entry["wall_ms_spread"]
         lines.append(
-            f"| {entry['way']} | {entry['jobs']} | {entry['pairs']} | {entry['batches']} | {entry['padded_tokens']:,} "
-            f"| {entry['padding_efficiency']} | {entry['wall_ms']} | {low}–{high} | {baseline / entry['wall_ms']:.2f}× |"
+            f"| {entry['way']} | {entry['jobs']} | {entry['pairs']} | {entry['batches']} "
+            f"| {entry['padded_tokens']:,} | {entry['padding_efficiency']} | {entry['wall_ms']} | {low}–{high} "
+            f"| {baseline / entry['wall_ms']:.2f}× |"
         )
     return "\n".join(lines)
 

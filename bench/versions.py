@@ -54,7 +54,8 @@ def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
         configure_logging("INFO")
         settings = gpu_policy(Settings.from_env(model_name=model_name, device="cpu"))
         model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
-        schema, metrics, jobs = build_job_schema(settings.limits), Metrics(CollectorRegistry()), classify_jobs(BURST_JOBS)
+        schema, metrics = build_job_schema(settings.limits), Metrics(CollectorRegistry())
+        jobs = classify_jobs(BURST_JOBS)
         async with NliEngine.start(settings, model=model, metrics=metrics) as engine:
 
             async def one(i: int, job: dict) -> None:
@@ -99,8 +100,8 @@ def markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
     lines = [f"| round | {before} wall ms | {after} wall ms | {before} loop CPU ms | {after} loop CPU ms |"
              " loop CPU after/before |", "|" + "---|" * 6]  # fmt: skip
     for i, (b, a) in enumerate(rounds, 1):
-        lines.append(f"| {i} | {b['wall_ms']:.1f} | {a['wall_ms']:.1f} | {b['loop_cpu_ms']:.1f} | {a['loop_cpu_ms']:.1f} "
-                     f"| {a['loop_cpu_ms'] / b['loop_cpu_ms']:.2f} |")  # fmt: skip
+        lines.append(f"| {i} | {b['wall_ms']:.1f} | {a['wall_ms']:.1f} | {b['loop_cpu_ms']:.1f} "
+                     f"| {a['loop_cpu_ms']:.1f} | {a['loop_cpu_ms'] / b['loop_cpu_ms']:.2f} |")  # fmt: skip
     wall = statistics.median(a["wall_ms"] / b["wall_ms"] for b, a in rounds)
     cpu = statistics.median(a["loop_cpu_ms"] / b["loop_cpu_ms"] for b, a in rounds)
     lines.append(f"| **median of the ratios** | | | | | **{cpu:.2f}** (wall {wall:.2f}) |")
