@@ -229,8 +229,8 @@ def _classify(headline: str, company: str | None, scoring: Scoring) -> Plan[Clas
     def build(rows: dict[str, list[float]]) -> ClassifyResult:
         p_opinion, p_news = scoring.competing([rows["opinion"], rows["straight_news"]])
         temporal = _by_name(list(H.TEMPORAL), scoring.competing([rows[n] for n in H.TEMPORAL]))
-        is_opinion = bool(p_opinion >= scoring.thresholds.opinion)
-        scores = {"opinion": float(p_opinion), "straight_news": float(p_news), **temporal}
+        is_opinion = p_opinion >= scoring.thresholds.opinion
+        scores = {"opinion": p_opinion, "straight_news": p_news, **temporal}
         company_fields: dict[str, Any] = {}
         if company is not None:
             company_score = scores["company"] = scoring.entailed([rows["company"]])[0]
