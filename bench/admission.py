@@ -43,7 +43,7 @@ class PerJobAdmission(Admission):
     def admit(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs:
         self.batcher.check_admission(len(pairs))
         tokens = self.tokenize(pairs)
-        job = _Admitted(pairs, [], timeout_s)
+        job = _Admitted(pairs, [], timeout_s, anyio.Event())  # the way before: an event a job
         job.ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=timeout_s)
         job.queued.set()
         return QueuedPairs(job, len(self.model.labels))
