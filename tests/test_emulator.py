@@ -496,8 +496,11 @@ async def test_the_real_serverless_worker_drains_a_burst_and_honours_a_cancel(ru
             final = await wait_all_final(client, ids, timeout_s=90)
 
             # A cancel while the handler runs: fillers keep the engine busy so the victim's pairs wait.
-            batch = {"operation": "classify_batch", "headlines": list(texts[:128])}
-            fillers = [(await client.post("/run", json={"input": batch})).json()["id"] for _ in range(6)]
+            # Their headlines are long (one pair fills a CPU batch), so the fillers take seconds,
+            # not the fraction of a second short ones did: the victim is surely taken meanwhile.
+            long = " ".join(texts)[:1900]
+            batch = {"operation": "classify_batch", "headlines": [f"{i}: {long}" for i in range(128)]}
+            fillers = [(await client.post("/run", json={"input": batch})).json()["id"] for _ in range(3)]
             victim = (await client.post("/run", json={"input": batch})).json()["id"]
             await wait_metric(metrics_url, "nli_inflight_jobs", len(fillers) + 1, timeout_s=30)
             cancel = await client.post(f"/cancel/{victim}")
