@@ -9,6 +9,7 @@ from schemas.decoding import (
     JobSchema,
     build_job_schema,
     explain_validation_error,
+    malformed_json,
 )
 from schemas.jobs import (
     DEFAULT_TEMPLATE,

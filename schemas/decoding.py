@@ -10,6 +10,7 @@ constraints taken from ``limits`` and builds the decoders once. Every failure le
 # function, and msgspec must see their annotations as objects, not as names to look up.
 
 import functools
+import json
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -86,16 +87,75 @@ class JobSchema:
             return self._json_decoder.decode(data)  # type: ignore[no-any-return]
         except msgspec.ValidationError as err:  # a subclass of DecodeError: catch it first
             raise InvalidInput(explain_validation_error(str(err))) from err
-        except msgspec.DecodeError as err:
-            reason = _lower_first(str(err).removeprefix("JSON is malformed: "))
-            raise InvalidInput(f"body: malformed JSON: {reason}") from err
-        except RecursionError as err:
-            raise InvalidInput("body: malformed JSON: nested too deeply") from err
-        except UnicodeDecodeError as err:  # msgspec decodes strings lazily and lets this through
-            raise InvalidInput("body: malformed JSON: a string is not valid UTF-8") from err
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
+            raise malformed_json(data) from err
 
     def __repr__(self) -> str:
         return f"JobSchema({self.limits!r})"
+
+
+def malformed_json(data: bytes | bytearray | memoryview | str) -> InvalidInput:
+    """``body: malformed JSON: <why>`` for a body the JSON decoder refused, in the project's words.
+
+    msgspec's own messages (and whether a bad UTF-8 string raises its error or Python's) change
+    between releases, so the reason is found again here with the standard library's parser, on
+    the error path only.
+    """
+    return InvalidInput(f"body: malformed JSON: {why_not_json(data)}")
+
+
+_JSON_SPACE: Final = " \t\n\r"
+
+
+def why_not_json(data: bytes | bytearray | memoryview | str) -> str:
+    """Why ``data`` is not one JSON value: ``invalid UTF-8 at byte 3``, ``nested too deeply``..."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f"invalid UTF-8 at byte {err.start}"
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    end_of_text = len(text.rstrip(_JSON_SPACE))
+    try:
+        value, end = json.JSONDecoder(parse_constant=_refuse_constant).raw_decode(text, start)
+    except RecursionError:
+        return "nested too deeply"
+    except _NotJson as err:
+        return str(err)
+    except json.JSONDecodeError as err:
+        if err.pos >= end_of_text:
+            return "the body ends before its JSON value does"
+        return f"unexpected character at byte {_byte_offset(text, err.pos)}"
+    if end < end_of_text:
+        trailing = len(text) - len(text[end:].lstrip(_JSON_SPACE))
+        return f"trailing characters after the JSON value, at byte {_byte_offset(text, trailing)}"
+    if _has_unpaired_surrogate(value):
+        return "a string holds an unpaired surrogate escape (\\ud800-\\udfff alone)"
+    return "not valid JSON"
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+def _byte_offset(text: str, index: int) -> int:
+    return len(text[:index].encode("utf-8", "surrogatepass"))
+
+
+def _has_unpaired_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return _UNPAIRED_SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_unpaired_surrogate(k) or _has_unpaired_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unpaired_surrogate(item) for item in value)
+    return False
 
 
 @functools.cache
@@ -199,11 +259,12 @@ _UNITS: Final = {
 }
 
 
-def explain_validation_error(message: str) -> str:
+def explain_validation_error(message: str, root: str = "input") -> str:
     """Turn a ``msgspec.ValidationError`` message into ``"<field path>: <reason>"``.
 
     ``"Expected `str`, got `int` - at `$.headline`"`` becomes ``"headline: expected str, got
-    int"``; messages our own ``__post_init__`` checks raise already have that form and pass
+    int"``; an error in the value itself is named ``root`` (``input: expected an object, got
+    array``); messages our own ``__post_init__`` checks raise already have that form and pass
     through unchanged.
     """
     located = _LOCATED.fullmatch(message)
@@ -212,7 +273,7 @@ def explain_validation_error(message: str) -> str:
     else:
         body, path = located["body"], _relative_path(located["path"])
         if located["container"] is not None:  # "- at `key` in `$.d`": a mapping key is wrong
-            path = f"{_relative_path(located['container']) or 'input'} key"
+            path = f"{_relative_path(located['container']) or root} key"
     if located is None and _OWN_MESSAGE.match(message):
         return message
 
@@ -227,31 +288,31 @@ def explain_validation_error(message: str) -> str:
         if path == "operation":
             value = _shorten(match["value"])
             return f"operation: unknown operation {value}; {_EXPECTED_OPERATIONS}"
-        return f"{path or 'input'}: invalid value {_shorten(match['value'])}"
+        return f"{path or root}: invalid value {_shorten(match['value'])}"
     if match := _LENGTH.fullmatch(body):
-        return f"{path or 'input'}: {_length_reason(match)}"
+        return f"{path or root}: {_length_reason(match)}"
     if match := _PATTERN.fullmatch(body):
         regex = match["regex"]
         reason = next(
             (text for pattern, text in _PATTERN_REASONS.items() if repr(pattern) == regex),
             f"expected str matching regex {regex}",
         )
-        return f"{path or 'input'}: {reason}"
+        return f"{path or root}: {reason}"
     if match := _WRONG_TYPE.fullmatch(body):
-        return _wrong_type(path, match["expected"], match["got"])
-    return f"{path or 'input'}: {_lower_first(body.replace('`', ''))}"
+        return _wrong_type(path, match["expected"], match["got"], root)
+    return f"{path or root}: {_lower_first(body.replace('`', ''))}"
 
 
-def _wrong_type(path: str, expected: str, got: str | None) -> str:
+def _wrong_type(path: str, expected: str, got: str | None, root: str) -> str:
     got_name = _TYPE_NAMES.get(got, got) if got is not None else None
     suffix = f", got {got_name}" if got_name else ""
     if path == "operation":
         return f"operation: {_EXPECTED_OPERATIONS}{suffix}"
     expected_names = " or ".join(_TYPE_NAMES.get(name, name) for name in expected.split(" | "))
-    if path == "":  # the job input itself
+    if path == "":  # the value itself
         if got_name == "null":
-            return "input: missing"
-        return f"input: expected {'an object' if expected == 'object' else expected_names}{suffix}"
+            return f"{root}: missing"
+        return f"{root}: expected {'an object' if expected == 'object' else expected_names}{suffix}"
     return f"{path}: expected {expected_names}{suffix}"
 
 

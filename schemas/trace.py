@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from schemas.decoding import explain_validation_error, why_not_json
+
 TRACE_VERSION = 1
 
 
@@ -186,8 +188,10 @@ def _after_last_newline(file: BinaryIO, size: int, chunk: int = 65536) -> int:
 def _decode(decoder: msgspec.json.Decoder, line: bytes, path: Path, number: int, expected: str) -> Any:
     try:
         return decoder.decode(line)
-    except msgspec.DecodeError as err:
-        raise TraceError(f"{path}:{number}: expected {expected}: {err}") from err
+    except msgspec.ValidationError as err:  # a subclass of DecodeError: catch it first
+        raise TraceError(f"{path}:{number}: expected {expected}: {explain_validation_error(str(err), root='line')}") from err
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
+        raise TraceError(f"{path}:{number}: expected {expected}: malformed JSON: {why_not_json(line)}") from err
 
 
 def _check_header(header: TraceHeader, path: Path, number: int) -> None:

@@ -321,11 +321,15 @@ def test_astral_characters_are_fine() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"", "body: malformed JSON: input data was truncated"),
-        (b'{"operation": "classify", ', "body: malformed JSON: input data was truncated"),
-        (b"\xff", "body: malformed JSON: invalid character (byte 0)"),
-        (b'{"operation": "classify", "headline": "ab\xff"}', "body: malformed JSON: a string is not valid UTF-8"),
-        (b'{"operation": "classify", "headline": "a"} trailing', "body: malformed JSON: trailing characters (byte 44)"),
+        (b"", "body: malformed JSON: the body ends before its JSON value does"),
+        (b'{"operation": "classify", ', "body: malformed JSON: the body ends before its JSON value does"),
+        (b"\xff", "body: malformed JSON: invalid UTF-8 at byte 0"),
+        (b'{"operation": "classify", "headline": "ab\xff"}', "body: malformed JSON: invalid UTF-8 at byte 41"),
+        (b'{"operation": "classify", "headline": "a"} trailing', "body: malformed JSON: trailing characters after the JSON value, at byte 43"),
+        (b'{"operation": "classify", "headline": "\xc3\xa9"} x', "body: malformed JSON: trailing characters after the JSON value, at byte 44"),
+        (b'{"operation": "classify", "headline": tru}', "body: malformed JSON: unexpected character at byte 38"),
+        (b'{"operation": "classify", "headline": NaN}', "body: malformed JSON: NaN is not a JSON value"),
+        (b'{"operation": "classify", "headline": "\\ud800"}', "body: malformed JSON: a string holds an unpaired surrogate escape (\\ud800-\\udfff alone)"),
         (b'{"x": ' + b"[" * 100_000, "body: malformed JSON: nested too deeply"),
         (b"null", "input: missing"),
         (b"[1, 2]", "input: expected an object, got array"),
@@ -458,7 +462,9 @@ SHAPES: list[tuple[object, str, str]] = [
 def test_explain_each_message_shape(obj: object, raw: str, explained: str) -> None:
     with pytest.raises(msgspec.ValidationError) as info:
         msgspec.convert(obj, _Probe, strict=True)
-    assert str(info.value) == raw  # what msgspec 0.22 really prints
+    # Our words for what msgspec reports, whatever its release prints; ``raw`` is what it printed
+    # when this was written, and stays readable for as long as the shape of its messages does.
+    assert explain_validation_error(str(info.value)) == explained
     assert explain_validation_error(raw) == explained
 
 

@@ -42,7 +42,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import InvalidInput, ServiceError, Unavailable
-from schemas import build_job_schema, explain_validation_error
+from schemas import build_job_schema, explain_validation_error, malformed_json
 from schemas.trace import TraceRecorder
 from worker.engine import NliEngine
 from worker.job_store import (
@@ -148,20 +148,13 @@ def decode_run_request(body: bytes) -> RunRequest:
     try:
         body.decode("utf-8")  # ``input`` stays raw below: its strings would be checked only later
     except UnicodeDecodeError as err:
-        raise InvalidInput(f"body: malformed JSON: invalid UTF-8 at byte {err.start}") from err
+        raise malformed_json(body) from err
     try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as err:  # a subclass of DecodeError: catch it first
-        message = str(err)
-        explained = explain_validation_error(message)
-        if " - at `" not in message:  # the body itself is not an object
-            explained = "body" + explained.removeprefix("input")
-        raise InvalidInput(explained) from err
-    except msgspec.DecodeError as err:
-        reason = str(err).removeprefix("JSON is malformed: ")
-        raise InvalidInput(f"body: malformed JSON: {reason[:1].lower()}{reason[1:]}") from err
-    except RecursionError as err:  # msgspec's answer to JSON nested past Python's recursion limit
-        raise InvalidInput("body: malformed JSON: nested too deeply") from err
+        raise InvalidInput(explain_validation_error(str(err), root="body")) from err
+    except (msgspec.DecodeError, RecursionError) as err:  # RecursionError: JSON nested past Python's limit
+        raise malformed_json(body) from err
 
 
 async def read_body(request: Request, limit: int) -> bytes:
