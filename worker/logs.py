@@ -87,13 +87,21 @@ def configure_logging(level: str = "INFO") -> None:
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for name in ("runpod", "urllib3", "httpx", "aiohttp"):
         logging.getLogger(name).setLevel(quiet)
-    _quiet_runpod_sdk("DEBUG" if level == "DEBUG" else "WARN")
+    set_runpod_sdk_log_level("DEBUG" if level == "DEBUG" else "WARN")
 
 
-def _quiet_runpod_sdk(level: str) -> None:
-    """Set the SDK's own print-logger unless the operator chose its level explicitly."""
+def set_runpod_sdk_log_level(level: str) -> None:
+    """Set the SDK's own print-logger unless the operator chose its level explicitly.
+
+    Through the SDK's public ``runpod.RunPodLogger``; a release without it (or without its
+    ``level``) leaves the SDK's lines as they are rather than failing the worker.
+    """
     if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL"):
         return
-    from runpod.serverless.modules.rp_logger import RunPodLogger
-
-    RunPodLogger().level = level  # set_level() would announce itself with an INFO line
+    try:
+        from runpod import RunPodLogger
+    except ImportError:
+        return
+    logger = RunPodLogger()
+    if hasattr(logger, "level"):
+        logger.level = level  # set_level() would announce itself with an INFO line

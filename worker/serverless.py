@@ -149,11 +149,11 @@ def start(settings: Settings) -> None:
     stalls it until every job in flight has finished.
     """
     global _default
-    from worker.logs import configure_logging
+    from worker.logs import configure_logging, set_runpod_sdk_log_level
 
     configure_logging(settings.log_level)
     if _runs_locally() and settings.log_level.upper() != "DEBUG":
-        _show_sdk_info()  # the SDK prints a local job's result through its INFO lines
+        set_runpod_sdk_log_level("INFO")  # the SDK prints a local job's result through its INFO lines
     metrics = Metrics(CollectorRegistry())
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, registry=metrics.registry)
@@ -175,9 +175,3 @@ def _runs_locally() -> bool:
     return flagged or os.environ.get("RUNPOD_WEBHOOK_GET_JOB") is None
 
 
-def _show_sdk_info() -> None:
-    if os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL"):
-        return
-    from runpod.serverless.modules.rp_logger import RunPodLogger
-
-    RunPodLogger().level = "INFO"
