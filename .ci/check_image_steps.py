@@ -2,14 +2,18 @@
 
 ``make check-images`` runs hadolint on both Dockerfiles, then this. It reads the Dockerfiles
 themselves, so what it checks is what the images do: it copies the files the builder stage COPYs
-(and only those) into a build context, installs torch first (the CPU wheel at hand, never a CUDA
-build) and then the project from that context, non-editable; bakes ``synthetic:tiny`` with
+(and only those) into a build context, installs the CPU image's lock (``locks/image-cpu.txt``,
+hashes checked, the same Python as that image) and then the project from that context,
+non-editable and with ``--no-deps``, and runs ``pip check``. The GPU image's lock (Python 3.12,
+CUDA torch) cannot be installed here, so the GPU image's commands run on the CPU image's
+environment, the code being the same; ``tests/test_locks.py`` checks both locks against
+``pyproject.toml``. Then it bakes ``synthetic:tiny`` with
 ``bake-model``; then, with each runtime stage's ENV (its /opt paths pointed into the temporary
 directory) and from an empty working directory, runs each image's CMD: the GPU image's serverless
 worker on a ``--test_input`` job, pod mode's ``--help`` by changing the command, and the CPU image's
 pod (held on loopback, with an API key) until its own HEALTHCHECK passes. Standard library only.
 
-    python .ci/check_image_steps.py [--python python3] [--torch torch==2.13.0] [--keep DIR]
+    python .ci/check_image_steps.py [--python python3.11] [--pip-args "--extra-index-url ..."] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -199,20 +203,20 @@ def check_pod(cmd: list[str], health: list[str] | None, env: dict[str, str], cwd
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable, help="interpreter for the virtualenv")
-    parser.add_argument("--torch", default=os.environ.get("TORCH_SPEC", "torch==2.13.0"),
-                        help="torch requirement installed first (default: the CPU wheel at hand)")  # fmt: skip
-    parser.add_argument("--torch-pip-args", default="", help="more pip arguments for torch, e.g. an --index-url")
+    parser.add_argument("--pip-args", default="",
+                        help="more pip arguments for the lock's install, e.g. where the CPU torch wheel is")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     args = parser.parse_args(argv)
 
     images = {kind: parse_dockerfile(path) for kind, path in DOCKERFILES.items()}
     copies = {kind: stages["builder"].copies() for kind, stages in images.items()}
-    if copies["gpu"] != copies["cpu"]:
-        fail(f"the images copy different code: {copies}")
+    code = {kind: [source for source in sources if not source.startswith("locks/")] for kind, sources in copies.items()}
+    if code["gpu"] != code["cpu"]:
+        fail(f"the images copy different code: {code}")
     work = args.keep or Path(tempfile.mkdtemp(prefix="check-images-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        check(images, copies["cpu"], work, args.python, [*shlex.split(args.torch_pip_args), args.torch])
+        check(images, copies["cpu"], work, args.python, shlex.split(args.pip_args))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -220,32 +224,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check(images: dict[str, dict[str, Stage]], copies: list[str], work: Path, python: str, torch: list[str]) -> None:
+def check(images: dict[str, dict[str, Stage]], copies: list[str], work: Path, python: str, pip_args: list[str]) -> None:
     venv, context, model, home = work / "venv", work / "src", work / "model", work / "home"
     base_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MODEL_NAME")}
     step(f"virtualenv {venv} ({python})")
     run([python, "-m", "venv", str(venv)])
     vpy = str(venv / "bin" / "python")
-
-    step(f"pip install {shlex.join(torch)} (first, so the project's torch range installs nothing more)")
-    run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "-q", *torch], env=base_env, timeout=600)
-    torch_version = run([vpy, "-c", "import torch; print(torch.__version__)"]).stdout.strip()
-    if "+cu" in torch_version:
-        fail(f"{shlex.join(torch)} installed a CUDA build ({torch_version}); pass --torch with a CPU wheel or index")
+    pip = [vpy, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
 
     step(f"build context: {' '.join(copies)} (the builder's COPY lines)")
     context.mkdir()
     for source in copies:
         src = ROOT / source.rstrip("/")
+        target = context / source.rstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, context / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
-            shutil.copy2(src, context / src.name)
-    step("pip install <context> (non-editable, as the image does)")
-    run([vpy, "-m", "pip", "install", "--disable-pip-version-check", "-q", str(context)], env=base_env, timeout=600)
-    after = run([vpy, "-c", "import torch; print(torch.__version__)"]).stdout.strip()
-    if after != torch_version:
-        fail(f"installing the project replaced torch {torch_version} with {after}")
+            shutil.copy2(src, target)
+    lock = context / "locks" / "image-cpu.txt"
+    step(f"pip install --require-hashes --no-deps -r {lock.relative_to(context)} (the CPU image's lock)")
+    run([*pip, "--require-hashes", "--no-deps", *pip_args, "-r", str(lock)], env=base_env, timeout=900)
+    torch_version = run([vpy, "-c", "import torch; print(torch.__version__)"]).stdout.strip()
+    if not torch_version.endswith("+cpu"):
+        fail(f"the CPU image's lock installed torch {torch_version}, not a CPU build")
+    step("pip install --no-deps --no-build-isolation <context> (non-editable, as the image does), pip check")
+    run([*pip, "--no-deps", "--no-build-isolation", str(context)], env=base_env, timeout=600)
+    run([vpy, "-m", "pip", "check"], env=base_env)
 
     home.mkdir()  # the images' empty WORKDIR: neither the source tree nor a test_input.json in reach
     step("bake-model --model synthetic:tiny (the weights stage, offline)")

@@ -52,20 +52,32 @@ def test_the_weights_are_baked_with_bake_model(kind: str) -> None:
     assert args_of(steps.DOCKERFILES[kind], "MODEL_NAME") == {"MODEL_NAME": "typeform/distilbert-base-uncased-mnli"}
 
 
-def test_torch_comes_first_from_the_matching_index() -> None:
-    names = "TORCH_INDEX|TORCH_VERSION|CUDA_IMAGE|PYTHON_IMAGE"
-    gpu, cpu = (args_of(steps.DOCKERFILES[kind], names) for kind in ("gpu", "cpu"))
-    assert gpu["TORCH_VERSION"] == cpu["TORCH_VERSION"] == "2.13.0"
-    assert cpu["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-    cuda = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-base-ubuntu\d+\.\d+", gpu["CUDA_IMAGE"])
-    assert cuda, "a pinned CUDA image"
-    assert gpu["TORCH_INDEX"] == f"https://download.pytorch.org/whl/cu{cuda[1]}{cuda[2]}"
-    assert re.fullmatch(r"python:3\.\d+-slim-\w+", cpu["PYTHON_IMAGE"])
+def test_each_image_installs_its_lock_then_the_project_without_resolving() -> None:
     for kind in ("gpu", "cpu"):
         runs = IMAGES[kind]["builder"].all("RUN")
         first = next(i for i, run in enumerate(runs) if "pip install" in run)
-        assert '--index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"' in runs[first]
-        assert any(run.startswith("pip install . ") for run in runs[first + 1 :])
+        assert runs[first].startswith("pip install --require-hashes --no-deps ")
+        assert runs[first].split(" && ")[0].rstrip().endswith(f"-r locks/image-{kind}.txt")
+        project = next(run for run in runs[first + 1 :] if "pip install" in run)
+        assert project.startswith("pip install --no-deps --no-build-isolation . ") and "pip check" in project
+
+
+def _pinned(lock: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}==(\S+)", (ROOT / "locks" / lock).read_text(), re.MULTILINE)
+    assert match, f"{lock} pins no {name}"
+    return match[1]
+
+
+def test_the_base_images_match_their_locks() -> None:
+    gpu = args_of(steps.DOCKERFILES["gpu"], "CUDA_IMAGE")
+    cpu = args_of(steps.DOCKERFILES["cpu"], "TORCH_INDEX|PYTHON_IMAGE")
+    cuda = re.fullmatch(r"nvidia/cuda:(\d+\.\d+)\.\d+-base-ubuntu24\.04", gpu["CUDA_IMAGE"])
+    assert cuda, "a pinned CUDA image on Ubuntu 24.04, whose python3 is the GPU lock's 3.12"
+    runtime = _pinned("image-gpu.txt", "nvidia-cuda-runtime")
+    assert runtime.startswith(cuda[1] + "."), f"torch's CUDA runtime {runtime}, base image CUDA {cuda[1]}"
+    assert cpu["PYTHON_IMAGE"] == "python:3.11-slim-bookworm", "the dev lock's Python: CI tests what ships"
+    assert cpu["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert _pinned("image-cpu.txt", "torch").endswith("+cpu")
 
 
 def test_the_images_copy_every_package_and_the_context_lets_them_through() -> None:
@@ -75,9 +87,9 @@ def test_the_images_copy_every_package_and_the_context_lets_them_through() -> No
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     for kind, stages in IMAGES.items():
         copied = set(stages["builder"].copies())
-        assert packages | {"pyproject.toml", "README.md"} == copied, kind
+        assert packages | {"pyproject.toml", "README.md", f"locks/image-{kind}.txt"} == copied, kind
     allowed = {line.removeprefix("!") for line in ignore[ignore.index("*") + 1 :] if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md"} | {p.rstrip("/") for p in packages}
+    assert allowed == {"locks/image-*.txt", "pyproject.toml", "README.md"} | {p.rstrip("/") for p in packages}
 
 
 def test_commands_and_healthcheck() -> None:
