@@ -2,8 +2,9 @@
 
 Latency runs from a job's *scheduled* arrival to its end, so time spent waiting for a
 ``--concurrency`` slot, or behind a replayer that fell behind, is counted, not hidden. Percentiles
-are over completed jobs: a refusal's latency says nothing about serving. ``send_lag_ms`` shows
-how late jobs were sent after their schedule (a --concurrency wait, or an overloaded client).
+are over completed jobs: a refusal's latency says nothing about serving. ``slot_wait_ms`` is how
+long jobs waited between their scheduled arrival and their sending: the wait for a
+``--concurrency`` slot (near zero without a cap, unless the replayer itself fell behind).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Completed jobs per second of wall time."""
     pairs_per_s: float | None
     latency_ms: dict[str, float]
-    send_lag_ms: dict[str, float]
+    slot_wait_ms: dict[str, float]
     statuses: dict[str, int]
     batches: int | None = None
     mean_batch_pairs: float | None = None
@@ -80,7 +81,8 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
             ("throughput", f"{self.jobs_per_s:.1f} jobs/s"
              + ("" if self.pairs_per_s is None else f", {self.pairs_per_s:.1f} pairs/s")),
             ("latency", _percentiles(self.latency_ms)),
-            ("sent late by", _percentiles(self.send_lag_ms)),
+            # With a cap this is the wait for a --concurrency slot; without, the replayer's own lag.
+            ("waited for a slot" if self.concurrency else "replayer lag", _percentiles(self.slot_wait_ms)),
         ]  # fmt: skip
         if self.batches is not None:
             rows += [
@@ -118,7 +120,7 @@ def summarize(run: ReplayRun, *, trace: str, target: str, speed: float, concurre
         jobs_per_s=round(len(completed) / wall_s, 2),
         pairs_per_s=None if pairs is None else round(pairs / wall_s, 2),
         latency_ms=latency_summary_ms([record.latency_ms / 1e3 for record in completed]),
-        send_lag_ms=latency_summary_ms([record.t_sent - record.t_scheduled for record in records]),
+        slot_wait_ms=latency_summary_ms([record.t_sent - record.t_scheduled for record in records]),
         statuses=dict(sorted(statuses.items())),
     )
     if run.batches is not None:

@@ -7,6 +7,8 @@ report can plot batch sizes; model load and warm-up happen before the replay's c
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -65,4 +67,15 @@ def open_target(spec: str, options: TargetOptions) -> AbstractAsyncContextManage
         settings = Settings.from_env(model_name=options.model, device=options.device, log_level=options.log_level)
     except SettingsError as err:
         raise TargetError(str(err)) from err
-    return InprocTarget.start(settings)
+    return _announced(settings)
+
+
+@asynccontextmanager
+async def _announced(settings: Settings) -> AsyncIterator[InprocTarget]:
+    """``InprocTarget.start``, saying on stderr what the seconds of load and warm-up are."""
+    print(f"loading {settings.model_name} and warming it up; the replay starts once it is ready",
+          file=sys.stderr, flush=True)  # fmt: skip
+    started = time.monotonic()
+    async with InprocTarget.start(settings) as target:
+        print(f"model ready in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+        yield target
