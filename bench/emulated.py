@@ -3,7 +3,7 @@
 Everything burst-nli does on the CPU (decode, plan, tokenize, queue, cut, collate, fan out,
 aggregate, HTTP) runs as shipped; only ``NliModel.run`` is replaced. It returns zeros after:
 - ``free``: nothing at all, the host path's own ceiling;
-- ``h100``: as long as DistilBERT-MNLI's fp16 forward took on an H100 (MEASUREMENTS.md: 13.6k,
+- ``h100``: as long as DistilBERT-MNLI's fp16 forward took on an H100 (docs/MEASUREMENTS.md: 13.6k,
   33k and 59.6k pairs/s at batches of 64, 256 and 1,024), fitted as ``H100_FIXED_S`` plus
   ``H100_PER_TOKEN_S`` a padded token (within 12% of all three points). It sleeps, releasing the
   GIL as a thread waiting on CUDA does.

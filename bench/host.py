@@ -3,7 +3,7 @@
     python bench/host.py --out bench/results            # about 2 minutes
     python bench/host.py --quick                        # a smoke run
 
-On a GPU the forward pass of a whole burst is tens of milliseconds (MEASUREMENTS.md); what stands
+On a GPU the forward pass of a whole burst is tens of milliseconds (docs/MEASUREMENTS.md); what stands
 between it and the targets is the CPU work around it. This runs that work as shipped, with
 ``bench/emulated.py``'s model (forward ``free``: nothing, and ``h100``: the H100's measured time,
 slept), under the GPU's batch budget, on any machine:

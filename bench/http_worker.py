@@ -2,7 +2,7 @@
 
 ``bench/http_load.py`` starts several of these so the client is never what limits a server (one
 Python process tops out at a few thousand requests a second; an httpx client near a hundred, as
-MEASUREMENTS.md found). A process keeps one ``ClientSession`` for its life, so connections opened
+docs/MEASUREMENTS.md found). A process keeps one ``ClientSession`` for its life, so connections opened
 by a warm-up phase are reused by the timed ones. It imports nothing of the project's and no torch:
 it starts in well under a second.
 

@@ -18,6 +18,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+NOT_LOCKED = {"burst-nli", "pip"}
+"""In every environment and in no lock: the project itself, and the installer."""
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s\\;]+)", re.MULTILINE)
 
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pinned, now, newest = locked(args.lock), installed(), newest_releases()
     rows = []
-    for name in sorted(set(pinned) | set(now)):
+    for name in sorted((set(pinned) | set(now)) - NOT_LOCKED):
         lock_version, tested = pinned.get(name, "-"), now.get(name, "-")
         beyond = newest.get(name, "")
         if lock_version != tested or beyond:
