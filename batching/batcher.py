@@ -178,6 +178,7 @@ class Batcher(Generic[P, C, R]):
         self._runner_busy = False
         self._last_batch_end: float | None = None
         self._changed = anyio.Event()
+        self._room = anyio.Event()
         self._open = False
         self._stack: AsyncExitStack | None = None
 
@@ -194,6 +195,11 @@ class Batcher(Generic[P, C, R]):
     @property
     def inflight_jobs(self) -> int:
         return len(self._jobs)
+
+    @property
+    def running(self) -> bool:
+        """Whether jobs can be queued: the batcher has started and not stopped."""
+        return self._open
 
     @property
     def budget_tokens(self) -> int:
@@ -260,13 +266,30 @@ class Batcher(Generic[P, C, R]):
             raise Unavailable("the batcher is not running")
         self._admit(items, tokens, count=False, reserved_items=reserved_items)
 
-    def _admit(self, items: int, tokens: int, *, count: bool = True, reserved_items: int = 0) -> None:
+    def check_fits(self, items: int, tokens: int = 0) -> None:
+        """Raise ``InvalidInput`` for a job larger than the whole queue: no wait makes room for it."""
         policy = self.policy
         if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
             raise InvalidInput(
                 f"job has {items} items and {tokens} tokens; the queue holds at most "
                 f"{policy.max_queue_items} items and {policy.max_queue_tokens} tokens"
             )
+
+    def has_room(self, items: int, tokens: int) -> bool:
+        """Whether a job of this size would be queued now rather than refused as ``Overloaded``."""
+        policy = self.policy
+        return (
+            self._queued_items + items <= policy.max_queue_items
+            and self._queued_tokens + tokens <= policy.max_queue_tokens
+        )
+
+    async def room_freed(self) -> None:
+        """Return the next time queued items leave the queue (into a batch, or dropped)."""
+        await self._room.wait()
+
+    def _admit(self, items: int, tokens: int, *, count: bool = True, reserved_items: int = 0) -> None:
+        policy = self.policy
+        self.check_fits(items, tokens)
         queued_items = self._queued_items + reserved_items
         if queued_items + items > policy.max_queue_items or self._queued_tokens + tokens > policy.max_queue_tokens:
             self.stats.jobs_rejected += count
@@ -287,12 +310,17 @@ class Batcher(Generic[P, C, R]):
             self._queued_items -= job.queued_items
             self._queued_tokens -= job.queued_tokens
             job.queued_items = job.queued_tokens = 0
+            self._free_room()
         self._jobs.discard(job)
         job.done.set()
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    def _free_room(self) -> None:
+        self._room.set()
+        self._room = anyio.Event()
 
     # ---- the loop ---------------------------------------------------------------------------------
 
@@ -384,6 +412,8 @@ class Batcher(Generic[P, C, R]):
             tokens += entry.cost
         self._queued_items -= len(batch)
         self._queued_tokens -= tokens
+        if batch:
+            self._free_room()
         return batch
 
     def _alive(self, entry: _Entry, now: float) -> bool:

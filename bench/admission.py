@@ -14,6 +14,7 @@ in it (``time.thread_time``, which the machine's other load disturbs less).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -40,13 +41,15 @@ from worker.settings import Settings  # noqa: E402
 class PerJobAdmission(Admission):
     """The way before: tokenize the job's premise and queue its pairs as the job is admitted."""
 
-    def admit(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs:
+    def admit(
+        self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> QueuedPairs:
         self.batcher.check_admission(len(pairs))
         tokens = self.tokenize(pairs)
-        job = _Admitted(pairs, [], timeout_s, anyio.Event())  # the way before: an event a job
+        job = _Admitted(pairs, [], timeout_s, math.inf, False, anyio.Event())  # the way before: an event a job
         job.ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=timeout_s)
-        job.queued.set()
-        return QueuedPairs(job, len(self.model.labels))
+        job.settled.set()
+        return QueuedPairs(job, len(self.model.labels), self)
 
 
 async def compare(settings: Settings, model: NliModel, jobs: list[dict], repeats: int) -> dict[str, dict]:

@@ -1,12 +1,14 @@
-"""Admission: jobs refused or accepted at once; a loop tick's premises tokenized in one call."""
+"""Admission: jobs refused, accepted or held for room before any front end says "accepted"; a
+loop tick's premises tokenized in one call."""
 
 from __future__ import annotations
 
 import anyio
 import numpy as np
 import pytest
+from held_model import held_batches
 
-from batching import InvalidInput, Overloaded, Unavailable
+from batching import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from schemas import DEFAULT_SCHEMA
 from worker.admission import PremiseCache
 from worker.engine import NliEngine
@@ -54,6 +56,83 @@ async def test_a_full_queue_counts_the_pairs_still_tokenizing(tiny_model):
         with pytest.raises(Overloaded, match=r"queue full \(6 items"):
             engine.enqueue(pairs_about(HEADLINES[1]) * 3)
         assert (await first.logits()).shape == (6, 3)
+
+
+# --- room: pairs and tokens both counted before "accepted"; a taken job waits, never fails ----------
+
+# Batches wait for a full batch or a minute while the model is busy, so what is queued stays
+# queued until the test releases the model: the queue's fill is known exactly.
+ROOMY_BATCHES = {"max_batch_pairs": 64, "max_wait_ms": 60_000}
+
+
+async def test_a_job_that_must_wait_for_room_waits_in_arrival_order_and_completes(tiny_model, monkeypatch):
+    async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)  # 2 pairs, in the model
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)  # 6 of 8 queued
+            big = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True)  # 4: no room
+            small = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)  # 2 would fit: not before big
+            await anyio.wait_all_tasks_blocked()
+            assert engine.batcher.queued_items == 6 and engine.admission.waiting_jobs == 2
+            with pytest.raises(Overloaded):  # a job that may be refused is, while others wait for room
+                engine.enqueue(pairs_about(HEADLINES[1]))
+            release.set()
+            shapes = [(await queued.logits()).shape for queued in (running, fills, big, small)]
+        assert shapes == [(2, 3), (6, 3), (4, 3), (2, 3)]
+        assert engine.admission.waiting_jobs == 0 and engine.queued_pairs == 0
+
+
+async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_the_next_in(tiny_model, monkeypatch):
+    async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)
+            late = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True, timeout_s=0.01)
+            behind = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
+            with pytest.raises(DeadlineExceeded, match="no room in the queue within 0.01 s"):
+                await late.logits()
+            await behind.accepted()  # in the queue while the model is still held: the late job left room
+            assert engine.batcher.queued_items == 8
+            release.set()
+            for queued in (running, fills, behind):
+                await queued.logits()
+
+
+async def test_a_job_larger_than_the_whole_queue_is_invalid_input_naming_the_limit(tiny_model):
+    async with NliEngine.start(settings(max_queue_pairs=4), model=tiny_model) as engine:
+        for wait_for_room in (False, True):
+            with pytest.raises(InvalidInput, match=r"job has 6 pairs.*MAX_QUEUE_PAIRS=4"):
+                engine.enqueue(pairs_about(HEADLINES[0]) * 3, wait_for_room=wait_for_room)
+    async with NliEngine.start(settings(max_queue_tokens=40), model=tiny_model) as engine:
+        long = "Apple Declares A Special Dividend Of Two Dollars And Fifty Cents A Share"
+        queued = engine.enqueue(pairs_about(long) * 2, wait_for_room=True)
+        with pytest.raises(InvalidInput, match=r"job has 4 pairs and \d+ tokens.*MAX_QUEUE_TOKENS=40"):
+            await queued.accepted()
+
+
+async def test_tokens_are_counted_before_acceptance_refused_or_waited_for(tiny_model, monkeypatch):
+    long = "Apple Declares A Special Dividend Of Two Dollars And Fifty Cents A Share"
+    async with NliEngine.start(settings(**ROOMY_BATCHES), model=tiny_model) as engine:
+        job_tokens = sum(t.length for t in engine.tokenize(pairs_about(long)))
+    limits = settings(max_queue_tokens=job_tokens * 2, **ROOMY_BATCHES)
+    async with NliEngine.start(limits, model=tiny_model) as engine:
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = engine.enqueue(pairs_about(HEADLINES[0]))
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            fits = [engine.enqueue(pairs_about(long)) for _ in range(2)]
+            refused = engine.enqueue(pairs_about(long))  # its pairs fit; its tokens do not
+            waits = engine.enqueue(pairs_about(long), wait_for_room=True)
+            for queued in fits:
+                await queued.accepted()
+            with pytest.raises(Overloaded, match="queue full"):
+                await refused.accepted()
+            await anyio.wait_all_tasks_blocked()
+            assert engine.admission.waiting_jobs == 1
+            release.set()
+            for queued in (running, *fits, waits):
+                await queued.logits()
 
 
 async def test_a_hypothesis_too_long_is_refused_at_once_and_nothing_is_tokenized(tiny_model, encode_calls):

@@ -525,3 +525,32 @@ async def test_the_real_serverless_worker_drains_a_burst_and_honours_a_cancel(ru
     assert sum(b["pairs"] for b in burst_batches) == 200 * 5
     assert max(b["jobs"] for b in burst_batches) > 1, "no batch held pairs of more than one job"
     assert len(burst_batches) < 200  # fewer forward passes than jobs
+
+
+async def test_a_flood_of_big_jobs_all_complete_on_one_worker_none_failed_for_room(runpod_emulator, tmp_path) -> None:
+    # DEPLOYMENT.md's recommended shape, classify_batch of 128, far past what the queue holds at
+    # once (MAX_QUEUE_PAIRS lowered so the flood is a CI-sized one): RunPod does not retry a job
+    # a worker took, so every taken job must wait for room and complete, none fail `overloaded`.
+    texts = headlines()
+    async with runpod_emulator(api_key=KEY, long_poll_s=1.0) as emu:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")},
+            **emu.worker_env,
+            "MODEL_NAME": "synthetic:tiny", "WARMUP_MAX_LEN": "16", "MAX_QUEUE_PAIRS": "1500",
+            "PYTHONPATH": str(ROOT),
+        }
+        jobs = [
+            {"operation": "classify_batch", "headlines": [f"{j} {texts[(j + i) % len(texts)]}" for i in range(128)]}
+            for j in range(12)
+        ]  # 640 pairs each: two fit in the queue at once, the other ten are held
+        async with (
+            httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers, timeout=30) as client,
+            serverless_worker(env, tmp_path / "worker.log", tmp_path),
+        ):
+            submitted = await asyncio.gather(*(client.post("/run", json={"input": job}) for job in jobs))
+            ids = [response.json()["id"] for response in submitted]
+            final = await wait_all_final(client, ids, timeout_s=180)
+    statuses = [final[job_id]["status"] for job_id in ids]
+    assert statuses == ["COMPLETED"] * len(jobs), [final[i].get("error") for i in ids if final[i]["status"] != "COMPLETED"]
+    assert all(len(final[job_id]["output"]["results"]) == 128 for job_id in ids)
+    assert emu.queue.stats.taken == len(jobs)

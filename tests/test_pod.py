@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,15 @@ import httpx
 import msgspec
 import pytest
 import structlog
+from held_model import hold_batches, held_batches
 from structlog.testing import capture_logs
 
 from batching import Unavailable
-from schemas import OPERATIONS
+from schemas import DEFAULT_SCHEMA, OPERATIONS
 from schemas.trace import TraceRecorder, read_trace
 from worker.job_store import CANCELLED, COMPLETED, IN_PROGRESS, IN_QUEUE, JobStore
 from worker.model import NliModel
+from worker.operations import plan_job
 from worker.pod import RUNSYNC_MAX_WAIT_MS, PodApp, bind_refusal, serve
 from worker.settings import Settings
 
@@ -40,33 +42,6 @@ async def pod_client(
         transport = httpx.ASGITransport(pod.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://pod", headers=headers) as client:
             yield pod, client
-
-
-def hold_batches(model: NliModel, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """From now on the model thread waits inside each batch until released: ``(entered, release)``.
-
-    Start it once the engine is ready (warm-up runs batches too), and always set ``release``.
-    """
-    entered, release = threading.Event(), threading.Event()
-    run = model.run
-
-    def held_run(batch):  # type: ignore[no-untyped-def]
-        entered.set()
-        release.wait(30)
-        return run(batch)
-
-    monkeypatch.setattr(model, "run", held_run)
-    return entered, release
-
-
-@contextmanager
-def held_batches(model: NliModel, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """``hold_batches`` for the length of a block, released on the way out."""
-    entered, release = hold_batches(model, monkeypatch)
-    try:
-        yield entered, release
-    finally:
-        release.set()
 
 
 async def wait_done(pod: PodApp, job_id: str) -> None:
@@ -260,6 +235,30 @@ async def test_a_full_queue_is_429_with_retry_after(tiny_model, monkeypatch) -> 
     assert refused.json()["error"].startswith("overloaded: queue full")
     assert 'nli_rejected_total{reason="overloaded"} 1.0' in metrics
     assert pod.store.counts()[COMPLETED] == 2
+
+
+async def test_a_job_whose_tokens_do_not_fit_is_429_never_accepted_then_failed(tiny_model, monkeypatch) -> None:
+    # The queue has pairs to spare but tokens for two of these jobs: the third is refused before
+    # it has an id, and every job that got one completes.
+    long = {"operation": "classify", "headline": "Apple Declares A Special Dividend Of Two Dollars Fifty " * 4}
+    pairs = plan_job(DEFAULT_SCHEMA.decode_input(long), tiny_model).pairs
+    one_job = sum(tiny_model.pair(tiny_model.encode_text(p), tiny_model.hypothesis_ids(h)).length for p, h in pairs)
+    settings = msgspec.structs.replace(SETTINGS, max_batch_pairs=64, max_wait_ms=60_000, max_queue_tokens=2 * one_job)
+    async with pod_client(tiny_model, settings) as (pod, client):
+        await pod.wait_ready()
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            first = await run_job(client, {"operation": "nli", "pairs": [["x", "y"]]})
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            answers = [await client.post("/run", json={"input": long}) for _ in range(4)]
+            release.set()
+            accepted = [answer.json()["id"] for answer in answers if answer.status_code == 200]
+            for job_id in [first, *accepted]:
+                await wait_done(pod, job_id)
+    assert [answer.status_code for answer in answers] == [200, 200, 429, 429]
+    refused = answers[2]
+    assert refused.headers["retry-after"] == "1" and refused.json()["error"].startswith("overloaded: queue full")
+    assert "id" not in refused.json()
+    assert pod.store.counts()[COMPLETED] == 3 and pod.store.counts().get("FAILED", 0) == 0
 
 
 async def test_while_the_model_loads_ping_is_204_and_jobs_are_503(tiny_model) -> None:

@@ -1,29 +1,36 @@
-"""Admission: a job's pairs are accepted or refused at once, and tokenized with the loop tick's.
+"""Admission: a job's pairs are accepted, refused or (serverless) held for room, in arrival order.
 
-A job is refused on the spot, as before anything is queued: ``Overloaded`` when the queue is full,
-``InvalidInput`` naming the pair whose hypothesis leaves no room for a premise. An accepted job
-waits one event-loop tick: every job admitted in that tick has its new premises tokenized in one
-call, which the tokenizer's Rust backend spreads over the cores without the GIL (a 339-job burst:
-25 against 58 µs a headline on 2 cores, and the loop is free meanwhile for the threads that
-collate and run batches). Then each job's pairs enter the batcher's queue, in the order the jobs
-were admitted.
+Every check runs before a front end says "accepted". At ``admit``: a job larger than the whole
+queue is ``InvalidInput`` naming the limit, a pair whose hypothesis leaves no room for a premise
+is ``InvalidInput`` naming the pair, and (pod) a queue already full of pairs is ``Overloaded``.
+The job then waits one event-loop tick: every job admitted in that tick has its new premises
+tokenized in one call, which the tokenizer's Rust backend spreads over the cores without the GIL
+while the loop is free for the threads that collate and run batches. With its tokens known, each
+job's pairs enter the batcher's queue in admission order, or:
+
+- a pod job that the tokens no longer fit is ``Overloaded``; the pod awaits ``accepted()``
+  before it answers, so that job is a 429, never a 200 that fails later;
+- a serverless job (``wait_for_room``) is never failed for lack of room: RunPod does not retry a
+  job a worker took. It waits in the waiting room, strictly first come first served (a big job
+  is not overtaken by small ones), until the queue has room for all its pairs and tokens, or
+  its deadline passes (``timed_out``).
 
 Premises go through a small LRU (``PREMISE_CACHE_SIZE``): the headline service makes several calls
-about one headline at once, and the headline is tokenized once for all of them (12 against 50 µs
-a 6-pair job on 2 cores); its pairs in those jobs share one tuple, which the batcher's merging of
-identical pairs compares by identity.
+about one headline at once, and the headline is tokenized once for all of them; its pairs in
+those jobs share one tuple, which the batcher's merging of identical pairs compares by identity.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
 import numpy as np
 
-from batching import Batcher, InvalidInput, ServiceError, Ticket, Unavailable
+from batching import Batcher, DeadlineExceeded, InvalidInput, ServiceError, Ticket, Unavailable
 from worker.model import NliModel, PairTokens
 
 Pair = tuple[str, str]
@@ -65,43 +72,78 @@ class _Admitted:
     pairs: Sequence[Pair]
     hypotheses: list[tuple[int, ...]]
     timeout_s: float | None
-    queued: anyio.Event
-    """Set once the pairs are in the batcher's queue (``ticket``) or could not be (``error``):
-    one event for every job of a tick, set when the tick's jobs are queued."""
+    deadline: float
+    """``anyio.current_time()`` past which it ends ``timed_out`` (``math.inf``: none)."""
+    wait_for_room: bool
+    settled: anyio.Event
+    """Set once the pairs are in the batcher's queue (``ticket``) or never will be (``error``).
+    The jobs of a tick share one event, set when the tick's jobs are queued; a job sent to the
+    waiting room gets its own."""
+    tokens: list[PairTokens] | None = None
     ticket: Ticket[np.ndarray] | None = None
     error: BaseException | None = None
     abandoned: bool = False
+
+    @property
+    def token_count(self) -> int:
+        return sum(t.length for t in self.tokens) if self.tokens else 0
 
 
 class QueuedPairs:
     """One job's admitted pairs: await ``logits()`` for them (cancel that await to drop them)."""
 
-    __slots__ = ("_job", "_labels")
+    __slots__ = ("_job", "_labels", "_admission")
 
-    def __init__(self, job: _Admitted, labels: int) -> None:
+    def __init__(self, job: _Admitted, labels: int, admission: Admission) -> None:
         self._job = job
         self._labels = labels
+        self._admission = admission
+
+    async def accepted(self) -> None:
+        """Return once the pairs are in the shared queue; raise what kept them out
+        (``Overloaded`` on tokens, ``timed_out`` in the waiting room, ``Unavailable``)."""
+        await self._settle()
+        if self._job.error is not None:
+            raise self._job.error
 
     async def logits(self) -> np.ndarray:
         """``[pairs, labels]`` float32; raises the job's ``ServiceError``."""
+        await self.accepted()
         job = self._job
-        try:
-            await job.queued.wait()
-        except BaseException:
-            job.abandoned = True  # not queued yet: it never will be
-            if job.ticket is not None:  # queued: its items are dropped before compute
-                job.ticket.drop()
-            raise
-        if job.error is not None:
-            raise job.error
         assert job.ticket is not None
         rows = await job.ticket.result()
-        # np.array stacks a job's rows (views of its batches' logits) in 1.3 µs, np.stack in 4.9.
+        # np.array stacks a job's rows (views of its batches' logits) faster than np.stack.
         return np.array(rows) if rows else np.zeros((0, self._labels), dtype=np.float32)
+
+    async def _settle(self) -> None:
+        job = self._job
+        try:
+            while job.ticket is None and job.error is None:
+                settled = job.settled  # a job sent to the waiting room gets a new event: look again
+                if job.deadline == math.inf:
+                    await settled.wait()
+                    continue
+                with anyio.move_on_after(job.deadline - anyio.current_time()):
+                    await settled.wait()
+                if job.ticket is None and job.error is None and anyio.current_time() >= job.deadline:
+                    job.error = DeadlineExceeded(f"no room in the queue within {job.timeout_s:g} s")
+                    self._abandon()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        job = self._job
+        job.abandoned = True  # not queued yet: it never will be
+        if job.ticket is not None:  # queued: its items are dropped before compute
+            job.ticket.drop()
+        elif job.wait_for_room:
+            self._admission.queue_waiting()  # it may have held up the jobs behind it
 
 
 class Admission:
-    """Admits jobs' pairs for one model and batcher; ``run()`` tokenizes and queues them."""
+    """Admits jobs' pairs for one model and batcher; ``run()`` tokenizes and queues them, and
+    ``serve_waiting_room()`` queues held jobs as room frees up."""
 
     def __init__(self, model: NliModel, batcher: Batcher, premise_cache_size: int) -> None:
         self.model = model
@@ -110,26 +152,49 @@ class Admission:
         self._admitted: list[_Admitted] = []
         self._admitted_pairs = 0
         self._tick = anyio.Event()
-        self._queued = anyio.Event()  # the jobs admitted this tick wait on it
+        self._settled = anyio.Event()  # the jobs admitted this tick wait on it
+        self._waiting: deque[_Admitted] = deque()
+        self._waiting_pairs = 0
+        self._waiting_tokens = 0
 
     @property
     def admitted_pairs(self) -> int:
-        """Pairs accepted and not in the batcher's queue yet (tokenizing this tick)."""
-        return self._admitted_pairs
+        """Pairs accepted and not in the batcher's queue yet: tokenizing this tick, or waiting
+        for room."""
+        return self._admitted_pairs + self._waiting_pairs
 
     @property
     def admitted_jobs(self) -> int:
-        return len(self._admitted)
+        return len(self._admitted) + len(self._waiting)
 
-    def admit(self, pairs: Sequence[Pair], *, timeout_s: float | None = None) -> QueuedPairs:
+    @property
+    def waiting_tokens(self) -> int:
+        """Tokens of the jobs in the waiting room."""
+        return self._waiting_tokens
+
+    @property
+    def waiting_jobs(self) -> int:
+        """Jobs held in the waiting room until the queue has room for them."""
+        return len(self._waiting)
+
+    def admit(
+        self, pairs: Sequence[Pair], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> QueuedPairs:
         """Accept the pairs, or raise the ``ServiceError`` that refuses them; nothing is queued
-        or tokenized for a refused job."""
-        self.batcher.check_admission(len(pairs), reserved_items=self._admitted_pairs)
-        job = _Admitted(pairs, self._hypotheses(pairs), timeout_s, self._queued)
+        or tokenized for a refused job. ``wait_for_room``: hold the job until the queue has room
+        (bounded by ``timeout_s``) instead of refusing it as ``Overloaded``."""
+        self._check_fits(len(pairs))
+        if wait_for_room:
+            if not self.batcher.running:
+                raise Unavailable("the batcher is not running")
+        else:
+            self.batcher.check_admission(len(pairs), reserved_items=self.admitted_pairs)
+        deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+        job = _Admitted(pairs, self._hypotheses(pairs), timeout_s, deadline, wait_for_room, self._settled)
         self._admitted.append(job)
         self._admitted_pairs += len(pairs)
         self._tick.set()
-        return QueuedPairs(job, len(self.model.labels))
+        return QueuedPairs(job, len(self.model.labels), self)
 
     def tokenize(self, pairs: Sequence[Pair]) -> list[PairTokens]:
         """Token ids of one job's pairs, now."""
@@ -144,23 +209,32 @@ class Admission:
         while True:
             await self._tick.wait()
             self._tick = anyio.Event()
-            jobs, queued = self._take_admitted()
+            jobs, settled = self._take_admitted()
             try:
                 self._queue(jobs)
             finally:
-                queued.set()
+                settled.set()
+
+    async def serve_waiting_room(self) -> None:
+        """Forever: each time the batcher frees room, queue the waiting jobs that now fit."""
+        while True:
+            await self.batcher.room_freed()
+            if self._waiting:
+                self.queue_waiting()
 
     def refuse_admitted(self, error: ServiceError | None = None) -> None:
         """End every job accepted and not queued yet with ``error`` (the engine is stopping)."""
-        jobs, queued = self._take_admitted()
-        for job in jobs:
+        jobs, settled = self._take_admitted()
+        waiting, self._waiting, self._waiting_pairs, self._waiting_tokens = list(self._waiting), deque(), 0, 0
+        for job in [*jobs, *waiting]:
             job.error = error or Unavailable("the engine shut down")
-        queued.set()
+            job.settled.set()
+        settled.set()
 
     def _take_admitted(self) -> tuple[list[_Admitted], anyio.Event]:
         """The jobs admitted so far and the event they wait on; the next tick starts empty."""
-        taken = self._admitted, self._queued
-        self._admitted, self._admitted_pairs, self._queued = [], 0, anyio.Event()
+        taken = self._admitted, self._settled
+        self._admitted, self._admitted_pairs, self._settled = [], 0, anyio.Event()
         return taken
 
     def _hypotheses(self, pairs: Sequence[Pair]) -> list[tuple[int, ...]]:
@@ -194,6 +268,7 @@ class Admission:
         ]
 
     def _queue(self, jobs: list[_Admitted]) -> None:
+        """Tokenize a tick's live jobs together; queue each, or send it to the waiting room."""
         live = [job for job in jobs if not job.abandoned]
         try:
             tokens = self._pairs([job.pairs for job in live], [job.hypotheses for job in live])
@@ -201,8 +276,55 @@ class Admission:
             for job in live:
                 job.error = err
             return
+        if self._waiting:
+            self.queue_waiting()  # the waiting go first
         for job, job_tokens in zip(live, tokens):
+            job.tokens = job_tokens
             try:
-                job.ticket = self.batcher.enqueue(job_tokens, [t.length for t in job_tokens], timeout_s=job.timeout_s)
-            except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
+                self._check_fits(len(job_tokens), job.token_count)
+            except ServiceError as err:
                 job.error = err
+                continue
+            if job.wait_for_room and (self._waiting or not self.batcher.has_room(len(job_tokens), job.token_count)):
+                self._hold(job)
+            else:
+                self._enqueue(job)
+
+    def _check_fits(self, pairs: int, tokens: int | None = None) -> None:
+        """``InvalidInput`` for a job larger than the whole queue, naming the setting it exceeds."""
+        policy = self.batcher.policy
+        if pairs > policy.max_queue_items or (tokens or 0) > policy.max_queue_tokens:
+            size = f"{pairs} pairs" if tokens is None else f"{pairs} pairs and {tokens} tokens"
+            raise InvalidInput(
+                f"job has {size}; the queue holds at most MAX_QUEUE_PAIRS={policy.max_queue_items} pairs "
+                f"and MAX_QUEUE_TOKENS={policy.max_queue_tokens} tokens: split it into smaller jobs"
+            )
+
+    def _hold(self, job: _Admitted) -> None:
+        """Send a job to the back of the waiting room."""
+        job.settled = anyio.Event()
+        self._waiting.append(job)
+        self._waiting_pairs += len(job.pairs)
+        self._waiting_tokens += job.token_count
+
+    def queue_waiting(self) -> None:
+        """Queue waiting jobs in arrival order while the oldest fits; it is never overtaken."""
+        waiting = self._waiting
+        while waiting:
+            job = waiting[0]
+            if not job.abandoned and not self.batcher.has_room(len(job.pairs), job.token_count):
+                return
+            waiting.popleft()
+            self._waiting_pairs -= len(job.pairs)
+            self._waiting_tokens -= job.token_count
+            if not job.abandoned:
+                self._enqueue(job)
+                job.settled.set()
+
+    def _enqueue(self, job: _Admitted) -> None:
+        assert job.tokens is not None
+        timeout_s = None if job.deadline == math.inf else max(job.deadline - anyio.current_time(), 0.0)
+        try:
+            job.ticket = self.batcher.enqueue(job.tokens, [t.length for t in job.tokens], timeout_s=timeout_s)
+        except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
+            job.error = err

@@ -1,6 +1,6 @@
 """The NLI engine: the model runner behind the micro-batcher, with text pairs in and logits out.
 
-Operations call ``infer`` once per job with all of that job's pairs, so one job's pairs enter the
+Operations call ``enqueue`` once per job with all of that job's pairs, so one job's pairs enter the
 shared queue together and ride in the same batches as every other job in flight. Admission
 (``worker/admission.py``) accepts or refuses a job at once and tokenizes the premises of a loop
 tick's jobs together.
@@ -92,10 +92,11 @@ class NliEngine:
         async with Batcher(model, policy, on_batch=observe) as batcher, anyio.create_task_group() as tasks:
             engine = cls(model, batcher, settings, startup)
             tasks.start_soon(engine.admission.run, name="nli-admission")
+            tasks.start_soon(engine.admission.serve_waiting_room, name="nli-waiting-room")
             if metrics is not None:
                 metrics.observe_startup(startup.model_load_s, startup.warmup_s)
                 metrics.watch_queue(
-                    lambda: engine.queued_pairs, lambda: batcher.queued_tokens, lambda: engine.inflight_jobs
+                    lambda: engine.queued_pairs, lambda: engine.queued_tokens, lambda: engine.inflight_jobs
                 )
             try:
                 yield engine
@@ -115,6 +116,11 @@ class NliEngine:
         return self.batcher.queued_items + self.admission.admitted_pairs
 
     @property
+    def queued_tokens(self) -> int:
+        """Tokens of the pairs waiting for a batch, those waiting for room in the queue included."""
+        return self.batcher.queued_tokens + self.admission.waiting_tokens
+
+    @property
     def inflight_jobs(self) -> int:
         return self.batcher.inflight_jobs + self.admission.admitted_jobs
 
@@ -126,13 +132,17 @@ class NliEngine:
         """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
         return await self.enqueue(pairs).logits()
 
-    def enqueue(self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs:
+    def enqueue(
+        self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> QueuedPairs:
         """Admit the pairs now, or raise what refuses them (``Overloaded`` when the queue is
-        full, ``InvalidInput`` for a hypothesis too long); await ``.logits()`` on the result.
+        full, ``InvalidInput`` for a hypothesis too long or a job larger than the whole queue);
+        await ``.accepted()`` to know they are queued, ``.logits()`` for their results.
         ``timeout_s`` (a job's own deadline, e.g. RunPod's ``policy.executionTimeout``) can
-        shorten ``JOB_TIMEOUT_S``, not extend it."""
+        shorten ``JOB_TIMEOUT_S``, not extend it. ``wait_for_room``: a full queue holds the job,
+        in arrival order, until it has room or the deadline passes (``worker/admission.py``)."""
         deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
-        return self.admission.admit(pairs, timeout_s=min(deadlines, default=None))
+        return self.admission.admit(pairs, timeout_s=min(deadlines, default=None), wait_for_room=wait_for_room)
 
 
 def _freeze_startup_objects() -> None:

@@ -58,7 +58,7 @@ from worker.job_store import (
 )
 from worker.metrics import Metrics
 from worker.model import NliModel
-from worker.service import AdmittedJob, JobOutcome, admit_job, finish_job
+from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.pod")
@@ -300,6 +300,7 @@ class PodApp:
         admitted = admit_job(
             engine, self.schema, job_input, job_id=job_id, metrics=self.metrics, timeout_s=body.timeout_s
         )
+        await accept_job(admitted)  # its tokens counted too: a job that does not fit is a 429 now
         record = self.store.add(admitted.operation, job_id)
         self._record(body.input)
         assert self._task_group is not None
@@ -380,7 +381,7 @@ class PodApp:
             },
         }
         if engine is not None:
-            body["queue"] = {"pairs": engine.queued_pairs, "tokens": engine.batcher.queued_tokens}
+            body["queue"] = {"pairs": engine.queued_pairs, "tokens": engine.queued_tokens}
         if self.failure is not None:
             body["model"]["error"] = str(self.failure)
         return body

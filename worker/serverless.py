@@ -80,7 +80,8 @@ class ServerlessWorker:
             engine = await self.ready()
         except Unavailable as err:
             return {"error": str(err)}
-        return await run_job(engine, self.schema, job_input, job_id=job_id, metrics=self.metrics)
+        # RunPod does not retry a job a worker took and failed: a full queue makes it wait, never fail.
+        return await run_job(engine, self.schema, job_input, job_id=job_id, metrics=self.metrics, wait_for_room=True)
 
     async def ready(self) -> NliEngine:
         """Start the engine if no job has yet, wait until it runs, and return it."""

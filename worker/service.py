@@ -1,8 +1,10 @@
 """The one job path both front ends share: decode, plan, infer once, aggregate, encode.
 
-It runs in two steps so a front end can answer "accepted" or "refused" before a job runs:
-``admit_job`` decodes, plans and queues the job's pairs (or raises the error that refuses it),
-``finish_job`` waits for them and builds the result. ``execute_job`` does both.
+It runs in steps so a front end can answer "accepted" or "refused" before a job runs:
+``admit_job`` decodes, plans and admits the job's pairs (or raises the error that refuses it),
+``accept_job`` waits the loop tick until they are in the shared queue, their tokens counted (or
+raises what refused them), ``finish_job`` waits for their results and builds the output.
+``execute_job`` admits and finishes.
 
 Every way a job can end is decided here, so the serverless handler and the pod server answer
 alike: a ``ServiceError`` becomes ``{"error": "<code>: <message>"}``; anything else is a bug,
@@ -43,7 +45,9 @@ class Engine(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    def enqueue(self, pairs: list[tuple[str, str]], *, timeout_s: float | None = None) -> QueuedPairs: ...
+    def enqueue(
+        self, pairs: list[tuple[str, str]], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> QueuedPairs: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +91,12 @@ async def run_job(
     *,
     job_id: str | None = None,
     metrics: Metrics | None = None,
+    wait_for_room: bool = False,
 ) -> dict[str, Any]:
     """Run one job to its output dict, or ``{"error": ...}``; raises only cancellation."""
-    outcome = await execute_job(engine, schema, job_input, job_id=job_id, metrics=metrics)
+    outcome = await execute_job(
+        engine, schema, job_input, job_id=job_id, metrics=metrics, wait_for_room=wait_for_room
+    )
     return outcome.to_output()
 
 
@@ -100,11 +107,17 @@ async def execute_job(
     *,
     job_id: str | None = None,
     metrics: Metrics | None = None,
+    wait_for_room: bool = False,
 ) -> JobOutcome:
-    """Admit and finish one job: its ``JobOutcome``; raises only cancellation."""
+    """Admit and finish one job: its ``JobOutcome``; raises only cancellation.
+
+    ``wait_for_room``: a job this worker has already taken (a RunPod serverless job) waits for
+    room in a full queue, in arrival order, instead of failing ``overloaded``."""
     arrived = time.perf_counter()
     try:
-        admitted = admit_job(engine, schema, job_input, job_id=job_id, metrics=metrics, arrived=arrived)
+        admitted = admit_job(
+            engine, schema, job_input, job_id=job_id, metrics=metrics, arrived=arrived, wait_for_room=wait_for_room
+        )
     except ServiceError as err:
         return JobOutcome(_operation_of(job_input), None, err, time.perf_counter() - arrived, 0)
     return await finish_job(admitted)
@@ -119,6 +132,7 @@ def admit_job(
     metrics: Metrics | None = None,
     arrived: float | None = None,
     timeout_s: float | None = None,
+    wait_for_room: bool = False,
 ) -> AdmittedJob:
     """Decode, plan, tokenize and queue a job's pairs now, without waiting for them.
 
@@ -138,8 +152,13 @@ def admit_job(
         operation = operation_name(op)
         plan = plan_job(op, engine.model, engine.settings.thresholds)
         pairs = list(plan.pairs)
-        # Only a job with its own deadline passes one, so simple engines need not take it.
-        queued = engine.enqueue(pairs) if timeout_s is None else engine.enqueue(pairs, timeout_s=timeout_s)
+        # Only a job that needs them passes these, so simple engines need not take them.
+        options: dict[str, Any] = {}
+        if timeout_s is not None:
+            options["timeout_s"] = timeout_s
+        if wait_for_room:
+            options["wait_for_room"] = True
+        queued = engine.enqueue(pairs, **options)
     except ServiceError as err:
         log.info("job_refused", job_id=job_id, operation=operation, error=str(err), code=err.code)
         _observe_end(metrics, operation, err, arrived)
@@ -150,6 +169,21 @@ def admit_job(
         _observe_end(metrics, operation, internal, arrived)
         raise internal from err
     return AdmittedJob(job_id, operation, plan, queued, arrived, metrics)
+
+
+async def accept_job(job: AdmittedJob) -> None:
+    """Return once an admitted job's pairs are in the shared queue, or raise the ``ServiceError``
+    that kept them out (``overloaded`` once its tokens are counted), counted as a refusal.
+
+    A front end that answers "accepted" (the pod's ``/run``) awaits this first, so a job it
+    accepts is never failed later for lack of room.
+    """
+    try:
+        await job.queued.accepted()
+    except ServiceError as err:
+        log.info("job_refused", job_id=job.job_id, operation=job.operation, error=str(err), code=err.code)
+        _observe_end(job.metrics, job.operation, err, job.arrived)
+        raise
 
 
 async def finish_job(job: AdmittedJob) -> JobOutcome:

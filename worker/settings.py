@@ -45,7 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Recent premises whose token ids are kept, so the calls about one headline tokenize it
     once; 0 keeps none (benchmarks of new headlines set it, so that repeats do not hit it)."""
     max_queue_pairs: int = 50_000
-    """Admission: pairs queued across jobs; past it jobs fail fast with ``overloaded``."""
+    """Admission: pairs queued across jobs. Past it a pod refuses a job (429 ``overloaded``); a
+    serverless worker holds a job it has taken until there is room (``worker/admission.py``)."""
     max_queue_tokens: int = 2_000_000
     """Admission: tokens queued across jobs."""
     job_timeout_s: float | None = None
