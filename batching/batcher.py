@@ -13,6 +13,12 @@ once and share the result (``BatchPolicy.merge_identical``).
 A job is a list of items (payload + cost). ``submit`` returns when every item has a result, or
 raises the job's error. A job that is cancelled, expires or fails loses its queued items before
 compute; results for items already computing are ignored, never set twice.
+
+Fair share: the queue keeps each job's items apart, in arrival order. A batch is cut from a
+look-ahead window anchored on the oldest item, so nothing starves; but while the oldest job is
+bigger than a batch, every other batch is anchored instead on the job with the fewest queued
+items, so a small job that arrives behind a flood of big ones is served within a batch or two
+rather than after the whole flood, and the flood still gets every other batch.
 """
 
 from __future__ import annotations
@@ -80,6 +86,10 @@ class _Entry:
     payload: Any
     cost: int
     enqueued_at: float
+
+
+def _queued_items(job: _Job) -> int:
+    return job.queued_items
 
 
 @dataclass(slots=True)
@@ -169,7 +179,9 @@ class Batcher(Generic[P, C, R]):
         self.policy = policy
         self._on_batch = on_batch
         self.stats = EngineStats()
-        self._queue: deque[_Entry] = deque()
+        self._queue: dict[_Job, deque[_Entry]] = {}
+        """Each job's queued items, jobs in arrival order (a job leaves once none are queued)."""
+        self._size_turn = False
         self._queued_items = 0
         self._queued_tokens = 0
         self._jobs: set[_Job] = set()
@@ -246,7 +258,7 @@ class Batcher(Generic[P, C, R]):
             job.done.set()
             return Ticket(self, job, timeout_s)
         self._admit(len(costs), job.queued_tokens)
-        self._queue.extend(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
+        self._queue[job] = deque(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
         self._queued_items += job.queued_items
         self._queued_tokens += job.queued_tokens
         self._jobs.add(job)
@@ -305,6 +317,7 @@ class Batcher(Generic[P, C, R]):
             return
         job.finished = True
         job.error = error
+        self._queue.pop(job, None)
         if job.queued_items:
             self.stats.items_dropped += job.queued_items
             self._queued_items -= job.queued_items
@@ -372,49 +385,76 @@ class Batcher(Generic[P, C, R]):
                 self._queued_items, self._queued_tokens, self.policy, self._budget_tokens
             ):
                 return
-            wait_s = self._queue[0].enqueued_at + self.policy.max_wait_ms / 1000 - anyio.current_time()
+            oldest = next(iter(self._queue.values()))[0]
+            wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - anyio.current_time()
             if wait_s <= 0:
                 return
             with anyio.move_on_after(wait_s):
                 await changed.wait()
 
     def _cut_batch(self) -> list[_Entry]:
-        """Take the next batch out of the queue's oldest window; drop dead items on the way.
+        """Take the next batch out of the window the fair share gives; drop expired jobs on the way.
 
         Runs on the event loop once a batch over up to ``window_items`` entries (thousands
         during a burst), so the loop is kept to plain list work: no per-entry calls.
         """
         now = anyio.current_time()
-        queue, limit = self._queue, self.policy.window_items
+        queue = self._queue
         window: list[_Entry] = []
-        while queue and len(window) < limit:
-            entry = queue.popleft()
-            job = entry.job
-            if not job.finished and (job.deadline > now or self._alive(entry, now)):
-                window.append(entry)
+        jobs, pinned = self._window_jobs()
+        for job in jobs:
+            if job.deadline <= now:
+                self._finish(job, DeadlineExceeded("expired before compute"))
+                continue
+            entries = queue[job]
+            take = min(len(entries), self.policy.window_items - len(window))
+            window += [entries.popleft() for _ in range(take)]
+            if len(window) == self.policy.window_items:
+                break
         chosen = select_batch(
             [e.cost for e in window],
             max_tokens=self._budget_tokens,
             max_items=self.policy.max_batch_items,
             window=len(window),
             multiple=self.policy.length_multiple,
+            pinned=pinned,
         )
         if len(chosen) == len(window):  # the whole window (chosen in order): nothing to put back
             batch = window
         else:
             picked = set(chosen)
-            queue.extendleft(reversed([e for i, e in enumerate(window) if i not in picked]))
+            for entry in reversed([e for i, e in enumerate(window) if i not in picked]):
+                queue[entry.job].appendleft(entry)  # back at the front of its job, in order
             batch = [window[i] for i in chosen]
         tokens = 0
         for entry in batch:
-            entry.job.queued_items -= 1
-            entry.job.queued_tokens -= entry.cost
+            job = entry.job
+            job.queued_items -= 1
+            job.queued_tokens -= entry.cost
             tokens += entry.cost
+            if not job.queued_items:
+                queue.pop(job, None)
         self._queued_items -= len(batch)
         self._queued_tokens -= tokens
         if batch:
             self._free_room()
         return batch
+
+    def _window_jobs(self) -> tuple[list[_Job], int]:
+        """The jobs whose items fill the window, in that order, and how many of the first items
+        the batch must hold. Arrival order, the oldest item pinned; but while the oldest job holds
+        more than a batch, every other cut puts the job with the fewest queued items first and
+        pins all of them (up to a batch), so a small job is not split across batches."""
+        jobs = list(self._queue)
+        if len(jobs) > 1 and jobs[0].queued_items > self.policy.max_batch_items:
+            self._size_turn = not self._size_turn
+            if self._size_turn:
+                smallest = min(jobs, key=_queued_items)
+                if smallest is not jobs[0]:
+                    jobs.remove(smallest)
+                    jobs.insert(0, smallest)
+                    return jobs, min(smallest.queued_items, self.policy.max_batch_items)
+        return jobs, 1
 
     def _alive(self, entry: _Entry, now: float) -> bool:
         """Whether the item's job still wants it; a job past its deadline is ended here."""

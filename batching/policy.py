@@ -66,6 +66,7 @@ def select_batch(
     max_items: int,
     window: int,
     multiple: int = 8,
+    pinned: int = 1,
 ) -> list[int]:
     """Choose the next batch from queued items in arrival order; returns their indices.
 
@@ -76,6 +77,10 @@ def select_batch(
     batch-mates have similar lengths; among the runs that fit, the one with the most useful work
     net of padding wins (score ``2 × real − padded``): an item joins only if it fills at least
     half of its padded slot. An oldest item longer than the budget runs alone rather than never.
+
+    ``pinned`` > 1: the first ``pinned`` items are all chosen (the batcher pins a small job this
+    way, so it is not split across batches), plus the run of the others that scores best beside
+    them; if they cannot share a batch, only the oldest is pinned.
     """
     if not costs:
         return []
@@ -83,6 +88,11 @@ def select_batch(
     whole = padded_tokens(costs[:size], multiple)
     if size <= max_items and whole <= max_tokens and sum(costs[:size]) >= MIN_WHOLE_EFFICIENCY * whole:
         return list(range(size))
+    pinned = max(1, min(pinned, size))
+    if pinned > 1:
+        chosen = _around_pinned(costs[:size], pinned, max_tokens=max_tokens, max_items=max_items, multiple=multiple)
+        if chosen is not None:
+            return chosen
     order = sorted(range(size), key=costs.__getitem__)  # stable: index 0 leads its equals
     sorted_costs = [costs[i] for i in order]
     oldest = bisect_left(sorted_costs, costs[0])
@@ -102,6 +112,34 @@ def select_batch(
             best_range, best_score = (lo, hi), score
     lo, hi = best_range
     return order[lo : hi + 1]
+
+
+def _around_pinned(costs: Sequence[int], pinned: int, *, max_tokens: int, max_items: int, multiple: int) -> list[int] | None:
+    """Items ``0..pinned-1`` together, plus the contiguous run (in cost order) of the others that
+    adds the most useful work net of padding; None when the pinned items alone do not fit."""
+    floor = max(costs[:pinned])
+    pinned_real = sum(costs[:pinned])
+    if pinned > max_items or pinned * padded_length(floor, multiple) > max_tokens:
+        return None
+    rest = sorted(range(pinned, len(costs)), key=costs.__getitem__)
+    rest_costs = [costs[i] for i in rest]
+    prefix = list(accumulate(rest_costs, initial=0))
+    best_run, best_score = (0, 0), 2 * pinned_real - pinned * padded_length(floor, multiple)  # the pinned alone
+    for hi in range(len(rest)):
+        padded = padded_length(max(floor, rest_costs[hi]), multiple)
+        room = min(max_items, max_tokens // padded) - pinned
+        if room < 1:
+            if rest_costs[hi] > floor:
+                break  # longer items only leave less room
+            continue
+        lo = max(hi - room + 1, bisect_left(rest_costs, (padded + 1) // 2, 0, hi + 1))
+        if lo > hi:
+            continue
+        score = 2 * (pinned_real + prefix[hi + 1] - prefix[lo]) - (pinned + hi - lo + 1) * padded
+        if score > best_score:
+            best_run, best_score = (lo, hi + 1), score
+    lo, end = best_run
+    return [*range(pinned), *rest[lo:end]]
 
 
 def holds_full_batch(queued_items: int, queued_tokens: int, policy: BatchPolicy, max_tokens: int) -> bool:

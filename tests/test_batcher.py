@@ -388,3 +388,31 @@ async def test_a_poisoned_item_asked_by_two_jobs_fails_both_and_no_other():
         results = await queue_behind_a_running_batch(batcher, runner, {"a": ["ok", "bad"], "b": ["bad"], "c": ["ok", "other"]})
     assert isinstance(results["a"], InferenceFailed) and isinstance(results["b"], InferenceFailed)
     assert results["c"] == ["out:ok", "out:other"]
+
+
+# --- fair share: a flood of big jobs does not hold a small one back ---------------------------------
+
+
+async def test_a_small_job_behind_a_flood_of_big_ones_runs_in_the_next_batches():
+    runner = FakeRunner()
+    async with Batcher(runner, policy(max_batch_items=4, window_items=16)) as batcher:
+        results = await queue_behind_a_running_batch(
+            batcher, runner, {"big1": job("big1", 40), "big2": job("big2", 40), "small": job("small", 2)}
+        )
+    assert all(not isinstance(r, Exception) for r in results.values())
+    after_first = runner.batches[1:]
+    small_batch = next(i for i, batch in enumerate(after_first) if "small.0" in batch)
+    assert small_batch <= 1, f"the small job waited {small_batch} batches behind 80 queued items"
+    assert set(job("small", 2)) <= set(after_first[small_batch])
+    # ... and the flood is not starved in exchange: its oldest item rides every other batch at least.
+    anchors = [i for i, batch in enumerate(after_first) if any(p.startswith("big1.") for p in batch)]
+    assert anchors[0] == 0 and all(b - a <= 2 for a, b in zip(anchors, anchors[1:]))
+
+
+async def test_a_burst_of_small_jobs_keeps_arrival_order():
+    runner = FakeRunner()
+    jobs = {f"j{i}": job(f"j{i}", 2) for i in range(6)}
+    async with Batcher(runner, policy(max_batch_items=4, window_items=4)) as batcher:
+        await queue_behind_a_running_batch(batcher, runner, jobs)
+    assert runner.batches[1:] == [[*job("j0", 2), *job("j1", 2)], [*job("j2", 2), *job("j3", 2)],
+                                  [*job("j4", 2), *job("j5", 2)]]  # fmt: skip

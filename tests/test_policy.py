@@ -9,8 +9,9 @@ import pytest
 from batching.policy import BatchPolicy, padded_length, padded_tokens, select_batch
 
 
-def select(costs, *, max_tokens=1024, max_items=64, window=1000, multiple=8):
-    return select_batch(costs, max_tokens=max_tokens, max_items=max_items, window=window, multiple=multiple)
+def select(costs, *, max_tokens=1024, max_items=64, window=1000, multiple=8, pinned=1):
+    return select_batch(costs, max_tokens=max_tokens, max_items=max_items, window=window, multiple=multiple,
+                        pinned=pinned)  # fmt: skip
 
 
 def test_a_window_that_fits_one_batch_is_taken_whole():
@@ -58,6 +59,33 @@ def test_oldest_item_is_always_chosen_even_when_it_is_the_longest():
     costs = [100] + [10] * 50
     chosen = select(costs, max_tokens=512)
     assert 0 in chosen
+
+
+def test_pinned_items_are_all_chosen_and_the_budget_still_holds():
+    rng = random.Random(11)
+    for _ in range(200):
+        costs = [rng.randint(5, 120) for _ in range(rng.randint(2, 300))]
+        pinned = rng.randint(1, min(len(costs), 6))
+        max_tokens, max_items = rng.choice([1024, 4096]), rng.choice([8, 32, 256])
+        chosen = select(costs, max_tokens=max_tokens, max_items=max_items, pinned=pinned)
+        assert 0 in chosen and len(chosen) <= max_items
+        assert padded_tokens([costs[i] for i in chosen], 8) <= max_tokens
+        if pinned * padded_length(max(costs[:pinned]), 8) <= max_tokens and pinned <= max_items:
+            assert set(range(pinned)) <= set(chosen), "pinned items that fit together ride together"
+
+
+def test_a_small_job_of_mixed_lengths_is_not_split_among_a_flood_of_one_length():
+    # A job of 6 pairs (lengths 20 to 31) pinned ahead of 500 flood pairs of length 24: its
+    # shorter and longer pairs join the batch instead of waiting for later ones.
+    costs = [20, 22, 24, 26, 29, 31] + [24] * 500
+    unpinned = select(costs, max_tokens=4096, max_items=64)
+    pinned = select(costs, max_tokens=4096, max_items=64, pinned=6)
+    assert not set(range(6)) <= set(unpinned)
+    assert set(range(6)) <= set(pinned) and len(pinned) == 64
+
+
+def test_pinned_items_that_cannot_share_a_batch_fall_back_to_the_oldest():
+    assert select([400, 10, 300], max_tokens=512, pinned=3) == select([400, 10, 300], max_tokens=512)
 
 
 def test_oldest_item_longer_than_the_budget_runs_alone():
