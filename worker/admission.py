@@ -80,13 +80,12 @@ class _Admitted:
     The jobs of a tick share one event, set when the tick's jobs are queued; a job sent to the
     waiting room gets its own."""
     tokens: list[PairTokens] | None = None
+    costs: list[int] | None = None
+    """Each pair's length in tokens, once tokenized."""
+    token_count: int = 0
     ticket: Ticket[np.ndarray] | None = None
     error: BaseException | None = None
     abandoned: bool = False
-
-    @property
-    def token_count(self) -> int:
-        return sum(t.length for t in self.tokens) if self.tokens else 0
 
 
 class QueuedPairs:
@@ -183,7 +182,8 @@ class Admission:
         """Accept the pairs, or raise the ``ServiceError`` that refuses them; nothing is queued
         or tokenized for a refused job. ``wait_for_room``: hold the job until the queue has room
         (bounded by ``timeout_s``) instead of refusing it as ``Overloaded``."""
-        self._check_fits(len(pairs))
+        if len(pairs) > self.batcher.policy.max_queue_items:
+            raise self._too_big(len(pairs))
         if wait_for_room:
             if not self.batcher.running:
                 raise Unavailable("the batcher is not running")
@@ -278,27 +278,26 @@ class Admission:
             return
         if self._waiting:
             self.queue_waiting()  # the waiting go first
+        max_tokens = self.batcher.policy.max_queue_tokens
         for job, job_tokens in zip(live, tokens):
-            job.tokens = job_tokens
-            try:
-                self._check_fits(len(job_tokens), job.token_count)
-            except ServiceError as err:
-                job.error = err
+            job.tokens, job.costs = job_tokens, [t.length for t in job_tokens]
+            job.token_count = sum(job.costs)
+            if job.token_count > max_tokens:
+                job.error = self._too_big(len(job_tokens), job.token_count)
                 continue
             if job.wait_for_room and (self._waiting or not self.batcher.has_room(len(job_tokens), job.token_count)):
                 self._hold(job)
             else:
                 self._enqueue(job)
 
-    def _check_fits(self, pairs: int, tokens: int | None = None) -> None:
-        """``InvalidInput`` for a job larger than the whole queue, naming the setting it exceeds."""
+    def _too_big(self, pairs: int, tokens: int | None = None) -> InvalidInput:
+        """The refusal of a job larger than the whole queue, naming the settings it exceeds."""
         policy = self.batcher.policy
-        if pairs > policy.max_queue_items or (tokens or 0) > policy.max_queue_tokens:
-            size = f"{pairs} pairs" if tokens is None else f"{pairs} pairs and {tokens} tokens"
-            raise InvalidInput(
-                f"job has {size}; the queue holds at most MAX_QUEUE_PAIRS={policy.max_queue_items} pairs "
-                f"and MAX_QUEUE_TOKENS={policy.max_queue_tokens} tokens: split it into smaller jobs"
-            )
+        size = f"{pairs} pairs" if tokens is None else f"{pairs} pairs and {tokens} tokens"
+        return InvalidInput(
+            f"job has {size}; the queue holds at most MAX_QUEUE_PAIRS={policy.max_queue_items} pairs "
+            f"and MAX_QUEUE_TOKENS={policy.max_queue_tokens} tokens: split it into smaller jobs"
+        )
 
     def _hold(self, job: _Admitted) -> None:
         """Send a job to the back of the waiting room."""
@@ -322,9 +321,9 @@ class Admission:
                 job.settled.set()
 
     def _enqueue(self, job: _Admitted) -> None:
-        assert job.tokens is not None
+        assert job.tokens is not None and job.costs is not None
         timeout_s = None if job.deadline == math.inf else max(job.deadline - anyio.current_time(), 0.0)
         try:
-            job.ticket = self.batcher.enqueue(job.tokens, [t.length for t in job.tokens], timeout_s=timeout_s)
+            job.ticket = self.batcher.enqueue(job.tokens, job.costs, timeout_s=timeout_s)
         except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
             job.error = err
