@@ -56,10 +56,16 @@ async def flood(jobs: int, per_job: int, model: str, timeout_s: float) -> dict[s
                         body = (await client.get(f"/status/{job_id}")).json()
                         if body["status"] in FINAL_STATUSES:
                             final[job_id] = body
+                    print(f"{time.monotonic() - started:6.1f} s: {len(final)} of {len(ids)} ended",
+                          file=sys.stderr, flush=True)  # fmt: skip
                 wall_s = time.monotonic() - started
-        finally:
+        finally:  # the worker's graceful stop talks to the emulator: keep this loop serving meanwhile
             os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
+            try:
+                await asyncio.to_thread(worker.wait, 60)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                await asyncio.to_thread(worker.wait, 60)
     errors = Counter(body.get("error", "")[:60] for body in final.values() if body["status"] != "COMPLETED")
     return {
         "jobs": jobs, "headlines_per_job": per_job, "pairs": jobs * per_job * 5, "model": model,
