@@ -36,7 +36,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -45,6 +45,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from loadtest.fleet import Fleet, FleetSettings
 
 log = structlog.get_logger("loadtest.emulator")
 
@@ -112,6 +115,16 @@ class QueueStats:
     results_discarded: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLoad:
+    """What an autoscaler sees: jobs waiting, jobs running (by worker), the oldest one's wait."""
+
+    queued: int
+    running: int
+    oldest_wait_s: float
+    running_by_worker: dict[str, int]
+
+
 class _Broadcast:
     """Wakes every current waiter at once (an event that re-arms), so long-polls re-check."""
 
@@ -143,6 +156,10 @@ class RunpodQueue:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._stops: dict[str, list[str]] = {}
         self._workers: dict[str, float] = {}
+        self.first_polls: dict[str, float] = {}
+        """When each worker first asked for a job: the end of its cold start."""
+        self.last_busy: dict[str, float] = {}
+        """When each worker last took or ended a job: how long it has been idle."""
         self._arrived = _Broadcast()
         self._stopping = _Broadcast()
         self._closed = False
@@ -228,11 +245,22 @@ class RunpodQueue:
             "workers": {"idle": len(alive - running), "running": len(alive & running)},
         }
 
+    def load(self) -> QueueLoad:
+        """The queue as RunPod's autoscaler reads it."""
+        now = time.monotonic()
+        running: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.status == IN_PROGRESS and job.worker_id is not None:
+                running[job.worker_id] = running.get(job.worker_id, 0) + 1
+        oldest = now - self._queue[0].submitted_s if self._queue else 0.0
+        return QueueLoad(len(self._queue), sum(running.values()), oldest, running)
+
     # worker side
 
     async def take(self, worker_id: str, count: int, hold_s: float) -> list[Job]:
         """Up to ``count`` jobs, oldest first, waiting at most ``hold_s`` for the first."""
         self._seen(worker_id)
+        self.first_polls.setdefault(worker_id, time.monotonic())
         await self._hold(self._arrived, lambda: bool(self._queue), hold_s)
         jobs = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
         for job in jobs:
@@ -296,6 +324,7 @@ class RunpodQueue:
 
     def _start(self, job: Job, worker_id: str) -> None:
         job.status, job.worker_id, job.started_s = IN_PROGRESS, worker_id, time.monotonic()
+        self.last_busy[worker_id] = job.started_s
         self.stats.taken += 1
         timeout_s = job.execution_timeout_s or self.execution_timeout_s
         if timeout_s is not None:
@@ -314,6 +343,8 @@ class RunpodQueue:
         self._stopping.notify()
 
     def _end(self, job: Job, status: str, result: dict[str, Any] | None = None) -> None:
+        if job.worker_id is not None and job.status == IN_PROGRESS:
+            self.last_busy[job.worker_id] = time.monotonic()
         job.status, job.finished_s, job.result = status, time.monotonic(), result or {}
         if job.timer is not None:
             job.timer.cancel()
@@ -358,12 +389,19 @@ class EmulatorApi:
     """The routes, bound to one queue, endpoint id and key."""
 
     def __init__(
-        self, queue: RunpodQueue, *, endpoint_id: str, api_key: str | None, long_poll_s: float
+        self,
+        queue: RunpodQueue,
+        *,
+        endpoint_id: str,
+        api_key: str | None,
+        long_poll_s: float,
+        fleet_report: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.queue = queue
         self.endpoint_id = endpoint_id
         self.api_key = api_key
         self.long_poll_s = long_poll_s
+        self.fleet_report = fleet_report
 
     def routes(self) -> list[Route]:
         public: list[tuple[str, Handler, list[str]]] = [
@@ -375,6 +413,7 @@ class EmulatorApi:
             ("/retry/{job_id}", self.retry, ["POST"]),
             ("/purge-queue", self.purge_queue, ["POST"]),
             ("/health", self.health, ["GET"]),
+            ("/fleet", self.fleet, ["GET"]),
         ]
         worker: list[tuple[str, Handler, list[str]]] = [
             ("/job-take/{worker_id}", self.job_take, ["GET"]),
@@ -454,6 +493,12 @@ class EmulatorApi:
     async def health(self, request: Request) -> Response:
         return _json(self.queue.health())
 
+    async def fleet(self, request: Request) -> Response:
+        """Not RunPod's: the emulated fleet's workers and their number over time (``--workers-max``)."""
+        if self.fleet_report is None:
+            return _error(404, "no fleet here: start the emulator with --workers-max N")
+        return _json(self.fleet_report())
+
     async def _submit(self, request: Request, *, sync: bool, max_bytes: int) -> Job | Response:
         """Decode ``{"input": ..., "policy"?: {"executionTimeout": ms}}`` and queue it."""
         body = await request.body()
@@ -523,9 +568,11 @@ def build_app(
     endpoint_id: str = "local",
     api_key: str | None = None,
     long_poll_s: float = LONG_POLL_S,
+    fleet_report: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The emulator's ASGI app over ``queue`` (tests drive it with httpx's ASGITransport)."""
-    api = EmulatorApi(queue, endpoint_id=endpoint_id, api_key=api_key, long_poll_s=long_poll_s)
+    api = EmulatorApi(queue, endpoint_id=endpoint_id, api_key=api_key, long_poll_s=long_poll_s,
+                      fleet_report=fleet_report)  # fmt: skip
     return Starlette(routes=api.routes())
 
 
@@ -604,6 +651,10 @@ class RunningEmulator:
         """The ``RUNPOD_*`` variables for a ``python -m worker serverless`` subprocess."""
         return worker_env(self.root_url, self.endpoint_id, self.api_key)
 
+    def env_for(self, worker_id: str) -> dict[str, str]:
+        """``worker_env`` for the worker named ``worker_id`` (its ``RUNPOD_POD_ID``)."""
+        return worker_env(self.root_url, self.endpoint_id, self.api_key, pod_id=worker_id)
+
 
 @contextlib.asynccontextmanager
 async def serve_emulator(
@@ -615,27 +666,43 @@ async def serve_emulator(
     execution_timeout_s: float | None = None,
     max_finished: int = 10_000,
     long_poll_s: float = LONG_POLL_S,
+    fleet: FleetSettings | None = None,
 ) -> AsyncIterator[RunningEmulator]:
     """Serve an emulator on ``host:port`` (0: a free port) in the running loop until the block ends.
 
-    On exit the queue is closed first, so held long-polls answer at once and uvicorn's shutdown
-    does not wait them out.
+    With ``fleet``, real workers are started and stopped by the queue's load (``loadtest/fleet.py``)
+    and ``GET /fleet`` reports them. On exit the fleet's workers are stopped first (the SDK would
+    retry a vanished emulator without pause), then the queue is closed, so held long-polls answer
+    at once and uvicorn's shutdown does not wait them out.
     """
+    from loadtest.fleet import Fleet
+
     queue = RunpodQueue(execution_timeout_s=execution_timeout_s, max_finished=max_finished)
-    app = build_app(queue, endpoint_id=endpoint_id, api_key=api_key, long_poll_s=long_poll_s)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    url_host = f"[{host}]" if ":" in host else host
+    running = RunningEmulator(queue, f"http://{url_host}:{sock.getsockname()[1]}", endpoint_id, api_key)
+    workers = None
+    if fleet is not None:
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+        workers = Fleet(queue, fleet, lambda worker_id: {**base_env, **running.env_for(worker_id)})
+    app = build_app(queue, endpoint_id=endpoint_id, api_key=api_key, long_poll_s=long_poll_s,
+                    fleet_report=workers.report if workers is not None else None)  # fmt: skip
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name="runpod-emulator")
+    scaling = None
     try:
         await _started(server, task)
-        bound_port = sock.getsockname()[1]
-        url_host = f"[{host}]" if ":" in host else host
-        yield RunningEmulator(queue, f"http://{url_host}:{bound_port}", endpoint_id, api_key)
+        if workers is not None:
+            scaling = asyncio.get_running_loop().create_task(workers.run(), name="runpod-fleet")
+        yield running
     finally:
+        if workers is not None and scaling is not None:
+            scaling.cancel()
+            await workers.stop()
         queue.close()
         server.should_exit = True
         async with asyncio.timeout(15):
@@ -654,11 +721,25 @@ async def _started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
 
 
 class _EmulatorServer(uvicorn.Server):
-    """uvicorn that also closes the queue on Ctrl-C, so held long-polls answer 204 at once."""
+    """uvicorn that also closes the queue on Ctrl-C, so held long-polls answer 204 at once, and
+    runs the fleet's scaling loop (if any) while it serves, stopping its workers before it closes."""
 
-    def __init__(self, config: uvicorn.Config, queue: RunpodQueue) -> None:
+    def __init__(self, config: uvicorn.Config, queue: RunpodQueue, fleet: Fleet | None = None) -> None:
         super().__init__(config)
         self.queue = queue
+        self.fleet = fleet
+        self._scaling: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.fleet is not None:
+            self._scaling = asyncio.get_running_loop().create_task(self.fleet.run(), name="runpod-fleet")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.fleet is not None and self._scaling is not None:
+            self._scaling.cancel()
+            await self.fleet.stop()  # while the emulator still answers their last calls
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -700,6 +781,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print 'export VAR=...' lines for a worker to poll this emulator, and exit",
     )
     parser.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without a key")
+    fleet = parser.add_argument_group("a local fleet: real workers started and stopped as RunPod's autoscaler would")
+    fleet.add_argument("--workers-max", type=int, default=0, metavar="N",
+                       help="start up to N 'python -m worker serverless' processes, with this environment "
+                       "(MODEL_NAME, MAX_CONCURRENCY...); 0: none, bring your own (default)")
+    fleet.add_argument("--workers-min", type=int, default=0, metavar="N",
+                       help="active workers: started at once, never stopped for idleness (default 0)")
+    fleet.add_argument("--scaler", default="queue-delay:1", metavar="RULE",
+                       help="queue-delay:SECONDS (a worker more when a job waited that long) or request-count:N "
+                       "(ceil(jobs queued and running / N) workers); default queue-delay:1")
+    fleet.add_argument("--idle-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="stop a worker above the minimum after this long without a job (default 5)")
+    fleet.add_argument("--fleet-logs", metavar="DIR", help="each worker's output in DIR/<worker id>.log "
+                       "(default: a temporary directory)")
     parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
 
 
@@ -719,13 +813,39 @@ def run(args: argparse.Namespace) -> int:
     from worker.logs import configure_logging
 
     configure_logging(args.log_level)
+    try:
+        fleet_settings = _fleet_settings(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     queue = RunpodQueue(execution_timeout_s=args.execution_timeout, max_finished=args.max_finished)
-    app = build_app(queue, endpoint_id=args.endpoint_id, api_key=args.api_key)
+    fleet = None
+    if fleet_settings is not None:
+        from loadtest.fleet import Fleet
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+        fleet = Fleet(queue, fleet_settings, lambda worker_id: {
+            **base_env, **worker_env(root_url, args.endpoint_id, args.api_key, pod_id=worker_id)})  # fmt: skip
+    app = build_app(queue, endpoint_id=args.endpoint_id, api_key=args.api_key,
+                    fleet_report=fleet.report if fleet is not None else None)  # fmt: skip
     log.info("emulator_starting", base_url=f"{root_url}/v2/{args.endpoint_id}", auth=args.api_key is not None,
              hint="python -m loadtest emulate-runpod --print-env (same options) prints a worker's environment")
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level="info",
                             access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S,
                             timeout_graceful_shutdown=5)
     with contextlib.suppress(KeyboardInterrupt):
-        _EmulatorServer(config, queue).run()
+        _EmulatorServer(config, queue, fleet).run()
     return 0
+
+
+def _fleet_settings(args: argparse.Namespace) -> FleetSettings | None:
+    from pathlib import Path
+
+    from loadtest.fleet import FleetSettings, Scaler
+
+    if args.workers_max <= 0:
+        return None
+    return FleetSettings(
+        workers_max=args.workers_max, workers_min=args.workers_min, scaler=Scaler.parse(args.scaler),
+        idle_timeout_s=args.idle_timeout, log_dir=Path(args.fleet_logs) if args.fleet_logs else None,
+    )  # fmt: skip

@@ -18,9 +18,16 @@ if TYPE_CHECKING:
 
 
 def write_plots(
-    out_dir: Path, records: Sequence[JobRecord], batches: Sequence[BatchRecord] | None, *, title: str
+    out_dir: Path,
+    records: Sequence[JobRecord],
+    batches: Sequence[BatchRecord] | None,
+    *,
+    title: str,
+    fleet: Sequence[Sequence[float]] | None = None,
 ) -> list[Path] | None:
-    """``latency.png`` and, when batches are known, ``batches.png``; ``None`` without matplotlib."""
+    """``latency.png``; ``batches.png`` when batches are known; ``fleet.png`` when the target was an
+    emulated fleet (rows: t, workers up, workers ready, jobs queued, jobs running); ``None``
+    without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -29,7 +36,10 @@ def write_plots(
     _latency_figure(Figure(figsize=(10, 6), layout="constrained"), records, title).savefig(paths[0], dpi=110)
     if batches:
         paths.append(out_dir / "batches.png")
-        _batch_figure(Figure(figsize=(10, 6), layout="constrained"), batches, title).savefig(paths[1], dpi=110)
+        _batch_figure(Figure(figsize=(10, 6), layout="constrained"), batches, title).savefig(paths[-1], dpi=110)
+    if fleet:
+        paths.append(out_dir / "fleet.png")
+        _fleet_figure(Figure(figsize=(10, 6), layout="constrained"), fleet, title).savefig(paths[-1], dpi=110)
     return paths
 
 
@@ -70,6 +80,24 @@ def _batch_figure(fig, batches: Sequence[BatchRecord], title: str):  # type: ign
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel("padding efficiency")
     bottom.set_xlabel("seconds since the replay started (batch end)")
+    return fig
+
+
+def _fleet_figure(fig, rows: Sequence[Sequence[float]], title: str):  # type: ignore[no-untyped-def]
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1))
+    fig.suptitle(f"The fleet over time: {title}")
+    t = [row[0] for row in rows]
+    top.step(t, [row[1] for row in rows], where="post", label="workers up")
+    top.step(t, [row[2] for row in rows], where="post", label="workers ready (cold start over)")
+    top.set_ylabel("workers")
+    top.legend(loc="upper right")
+    top.grid(alpha=0.3)
+    bottom.step(t, [row[3] for row in rows], where="post", color="tab:red", label="jobs queued (at RunPod)")
+    bottom.step(t, [row[4] for row in rows], where="post", color="tab:green", label="jobs running (on workers)")
+    bottom.set_ylabel("jobs")
+    bottom.legend(loc="upper right")
+    bottom.grid(alpha=0.3)
+    bottom.set_xlabel("seconds since the replay started")
     return fig
 
 

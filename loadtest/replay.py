@@ -49,6 +49,8 @@ class ReplayRun:
     """``at`` counted in seconds from the replay's start."""
     started_at: float
     """Unix time the replay started."""
+    fleet: dict[str, Any] | None = None
+    """An emulated RunPod fleet's ``GET /fleet`` (``loadtest/fleet.py``), when the target has one."""
 
 
 async def replay(
@@ -170,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             return run, target.name
 
     replayed, target_name = anyio.run(main)
+    if args.target.startswith(("http://", "https://")):
+        replayed.fleet = fleet_report(args.target)
     summary = summarize(
         replayed, trace=trace.header.name, target=target_name, speed=args.speed, concurrency=args.concurrency
     )
@@ -178,6 +182,20 @@ def run(args: argparse.Namespace) -> int:
         for line in write_report(Path(args.out), summary, replayed):
             print(line)
     return 0 if summary.completed == summary.jobs else 1
+
+
+def fleet_report(target: str) -> dict[str, Any] | None:
+    """``GET <target>/fleet`` from a local RunPod emulator with a fleet; None from anything else."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{target.rstrip('/')}/fleet", timeout=10) as answer:
+            report = json.loads(answer.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and "timeline" in report else None
 
 
 def bundled_traces() -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -152,11 +152,21 @@ def write_report(out_dir: Path, summary: Summary, run: ReplayRun) -> list[str]:
     if run.batches is not None:
         (out_dir / "batches.jsonl").write_bytes(b"".join(encoder.encode(batch) + b"\n" for batch in run.batches))
         written.append("batches.jsonl")
-    plots = write_plots(out_dir, run.records, run.batches, title=f"{summary.trace} on {summary.target}")
+    if run.fleet is not None:
+        (out_dir / "fleet.json").write_bytes(msgspec.json.format(encoder.encode(run.fleet), indent=2) + b"\n")
+        written.append("fleet.json")
+    fleet = None if run.fleet is None else fleet_since(run.fleet, run.started_at)
+    plots = write_plots(out_dir, run.records, run.batches, title=f"{summary.trace} on {summary.target}", fleet=fleet)
     lines = [f"wrote {', '.join(written + [path.name for path in plots or []])} to {out_dir}"]
     if plots is None:
         lines.append("plots skipped: matplotlib is not installed (pip install 'burst-nli[plots]')")
     return lines
+
+
+def fleet_since(report: dict[str, Any], started_at: float) -> list[list[float]]:
+    """The fleet's timeline rows with ``t`` counted from the replay's start, as the latency plot's."""
+    offset = float(report.get("started_unix", started_at)) - started_at
+    return [[row[0] + offset, *row[1:]] for row in report["timeline"]["rows"]]
 
 
 def _percentiles(summary: dict[str, float]) -> str:

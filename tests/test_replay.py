@@ -16,7 +16,7 @@ import pytest
 from loadtest.__main__ import main
 from loadtest.progress import ProgressBar
 from loadtest.replay import ReplayRun, replay
-from loadtest.report import JobRecord, summarize, write_report
+from loadtest.report import JobRecord, fleet_since, summarize, write_report
 from loadtest.targets import JobResult, TargetOptions, open_target
 from loadtest.targets.inproc import InprocTarget
 from schemas.trace import Trace, TraceJob, new_header, write_trace
@@ -220,6 +220,20 @@ def test_the_command_prints_the_table_and_writes_the_report(tmp_path, capsys, mo
     if importlib.util.find_spec("matplotlib") is not None:
         for name in ("latency.png", "batches.png"):
             assert (out / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_an_emulated_fleet_is_written_and_plotted_on_the_replays_clock(tmp_path):
+    record = JobRecord(index=0, t_scheduled=0, t_sent=0, latency_ms=5, status="completed", error=None,
+                       operation="classify", pairs=6)  # fmt: skip
+    fleet = {"started_unix": 98.0, "settings": {}, "workers": [],
+             "timeline": {"columns": ["t_s", "workers_up", "workers_ready", "jobs_queued", "jobs_running"],
+                          "rows": [[0.0, 0, 0, 0, 0], [2.5, 1, 0, 3, 0], [7.0, 1, 1, 0, 1]]}}  # fmt: skip
+    run = ReplayRun([record], wall_s=0.01, batches=None, started_at=100.0, fleet=fleet)
+    summary = summarize(run, trace="t", target="emulator", speed=1, concurrency=None)
+    write_report(tmp_path, summary, run)
+    assert json.loads((tmp_path / "fleet.json").read_text()) == fleet
+    assert (tmp_path / "fleet.png").read_bytes().startswith(b"\x89PNG")
+    assert fleet_since(fleet, started_at=100.0) == [[-2.0, 0, 0, 0, 0], [0.5, 1, 0, 3, 0], [5.0, 1, 1, 0, 1]]
 
 
 def test_plots_are_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
