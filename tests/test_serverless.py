@@ -101,6 +101,23 @@ async def test_concurrent_first_jobs_share_one_engine(tiny_model: NliModel) -> N
     assert all("error" not in out for out in outputs)
 
 
+async def test_preload_warms_the_model_before_the_first_poll_and_the_engine_does_not_again(monkeypatch) -> None:
+    worker = ServerlessWorker(SETTINGS)
+    with capture_logs() as logs:
+        worker.preload()  # what start() runs before the SDK asks RunPod for a job
+    (loaded,) = [entry for entry in logs if entry["event"] == "model_loaded"]
+    assert loaded["warmup_s"] > 0
+    model = worker._model
+    assert model is not None
+    batches: list[object] = []
+    run = model.run
+    monkeypatch.setattr(model, "run", lambda batch: batches.append(batch) or run(batch))
+    async with worker:
+        engine = await worker.ready()
+        assert batches == [] and round(engine.startup.warmup_s, 3) == loaded["warmup_s"]
+        assert "error" not in await worker.handler(classify_job("1", "x"))
+
+
 @pytest.mark.parametrize("preload", [False, True])
 async def test_failed_model_load_answers_every_job_unavailable(preload: bool) -> None:
     async with ServerlessWorker(Settings(model_name="synthetic:no-such-model")) as worker:

@@ -51,12 +51,14 @@ class NliEngine:
         on_batch: Callable[[BatchStats], None] | None = None,
         model: NliModel | None = None,
         metrics: Metrics | None = None,
+        warmed_up_s: float | None = None,
     ) -> AsyncIterator[NliEngine]:
         """Load (off the event loop) and warm the model, then run the batcher until exit.
 
         Every batch is logged (one line: pairs, tokens, padding efficiency, ms) and, with
         ``metrics``, observed; ``on_batch`` sees it too. ``model`` skips loading: tests share one
-        already-loaded model across engines.
+        already-loaded model across engines. ``warmed_up_s``: the model was warmed already (the
+        serverless worker does it before its first poll), in that many seconds.
         """
         started = anyio.current_time()
         if model is None:
@@ -67,7 +69,10 @@ class NliEngine:
         # The batcher budgets padded lengths as the model pads them.
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
         policy = replace(policy, length_multiple=model.length_multiple)
-        warmup_s = await anyio.to_thread.run_sync(model.warm_up, settings.warmup_max_len)
+        if warmed_up_s is None:
+            warmup_s = await anyio.to_thread.run_sync(model.warm_up, settings.warmup_max_len)
+        else:
+            warmup_s = warmed_up_s
         _freeze_startup_objects()
         startup = StartupReport(model_load_s=loaded - started, warmup_s=warmup_s)
         log.info(

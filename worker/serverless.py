@@ -41,6 +41,7 @@ class ServerlessWorker:
         self.schema: JobSchema = build_job_schema(settings.limits)
         self._model = model
         self._load_s: float | None = None
+        self._warmup_s: float | None = None
         self._engine: NliEngine | None = None
         self._failure: Unavailable | None = None
         self._ready: anyio.Event | None = None
@@ -48,11 +49,12 @@ class ServerlessWorker:
         self._task: asyncio.Task[None] | None = None
 
     def preload(self) -> None:
-        """Load the model now, before the SDK's loop starts taking jobs (call from ``start``).
+        """Load and warm the model now, before the SDK's loop starts taking jobs (call from ``start``).
 
         A worker polls for jobs only once this returns, so the first jobs of a cold start wait in
         RunPod's queue (where another worker may take them) rather than on this worker's model
-        load. A failure is logged and kept: every job then answers ``unavailable``.
+        load and warm-up, and the cold start RunPod sees ends when the worker can serve. A failure
+        is logged and kept: every job then answers ``unavailable``.
         """
         if self._model is not None or self._failure is not None:
             return
@@ -65,7 +67,9 @@ class ServerlessWorker:
             self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
             return
         self._load_s = time.perf_counter() - started
-        log.info("model_loaded", model=settings.model_name, model_load_s=round(self._load_s, 3))
+        self._warmup_s = self._model.warm_up(settings.warmup_max_len)
+        log.info("model_loaded", model=settings.model_name, model_load_s=round(self._load_s, 3),
+                 warmup_s=round(self._warmup_s, 3))  # fmt: skip
 
     @property
     def engine(self) -> NliEngine | None:
@@ -99,7 +103,9 @@ class ServerlessWorker:
             self._ready.set()
             return
         try:
-            async with NliEngine.start(self.settings, model=self._model, metrics=self.metrics) as engine:
+            async with NliEngine.start(
+                self.settings, model=self._model, metrics=self.metrics, warmed_up_s=self._warmup_s
+            ) as engine:
                 self._engine = engine
                 if self.metrics is not None and self._load_s is not None:
                     self.metrics.model_load.set(self._load_s)  # the engine saw a loaded model
