@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("loadtest.generate", "write a burst trace shaped like the news feed"),
     "replay": ("loadtest.replay", "replay a trace against the worker in process, a pod, or a RunPod endpoint"),
     "emulate-runpod": ("loadtest.emulator", "run a local stand-in for RunPod's queue that real workers poll"),
+    "plan": ("loadtest.planner", "simulate a RunPod fleet over a trace: p99 latency and cost per setting"),
     "chaos": ("loadtest.chaos", "run the reliability scenarios (faults, cancellations, overload) and report"),
 }
 
