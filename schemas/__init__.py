@@ -86,5 +86,6 @@ __all__ = [
     "ZeroShotScores",
     "build_job_schema",
     "explain_validation_error",
+    "malformed_json",
     "operation_name",
 ]

@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
+from held_model import held_batches
 
 from schemas import OPERATIONS
 from schemas.trace import read_trace
@@ -133,23 +133,14 @@ async def test_keep_alive_s_sets_how_long_an_idle_connection_stays_open(pod_serv
 async def test_cancel_and_overload_on_a_real_server(pod_server, tiny_model, monkeypatch) -> None:
     # One pair a batch: while the model holds one pair of the first job and the next waits
     # collated, its other three stay queued, so the queue (8 pairs) has room for 5 at most.
-    entered, release = threading.Event(), threading.Event()
-    run = tiny_model.run
-
-    def held_run(batch):  # type: ignore[no-untyped-def]
-        entered.set()
-        release.wait(30)
-        return run(batch)
-
     def nli(pairs: int) -> dict:
         return {"input": {"operation": "nli", "pairs": [["premise", "hypothesis"]] * pairs}}
 
     burst: list[httpx.Response] = []
-    try:
-        async with pod_server(max_batch_pairs=1, max_queue_pairs=8) as base_url, httpx.AsyncClient(
-            base_url=base_url, timeout=30
-        ) as client:
-            monkeypatch.setattr(tiny_model, "run", held_run)
+    async with pod_server(max_batch_pairs=1, max_queue_pairs=8) as base_url, httpx.AsyncClient(
+        base_url=base_url, timeout=30
+    ) as client:
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
             first = (await client.post("/run", json=nli(5))).json()["id"]
             await anyio.to_thread.run_sync(entered.wait, 30)
             victim = (await client.post("/run", json=nli(3))).json()["id"]
@@ -164,8 +155,6 @@ async def test_cancel_and_overload_on_a_real_server(pod_server, tiny_model, monk
             admitted = [r.json()["id"] for r in burst if r.status_code == 200]
             release.set()
             results = await poll_until_done(client, [first, victim, *admitted])
-    finally:
-        release.set()
     assert cancelled == {"id": victim, "status": "CANCELLED"} and results[victim]["status"] == "CANCELLED"
     refused = [r for r in burst if r.status_code == 429]
     assert len(admitted) <= 1 and len(refused) == len(burst) - len(admitted)  # the victim's room was freed
