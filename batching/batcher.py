@@ -17,8 +17,9 @@ compute; results for items already computing are ignored, never set twice.
 Fair share: the queue keeps each job's items apart, in arrival order. A batch is cut from a
 look-ahead window anchored on the oldest item, so nothing starves; but while the oldest job is
 bigger than a batch, every other batch is anchored instead on the job with the fewest queued
-items, so a small job that arrives behind a flood of big ones is served within a batch or two
-rather than after the whole flood, and the flood still gets every other batch.
+items and holds all of them, so a small job that arrives behind a flood of big ones is served
+within a few batches rather than after the whole flood, and the flood still gets every other
+batch.
 """
 
 from __future__ import annotations
