@@ -100,6 +100,27 @@ async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_th
                 await queued.logits()
 
 
+async def test_a_job_cancelled_in_the_waiting_room_leaves_and_lets_the_next_in(tiny_model, monkeypatch):
+    async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)
+            gone = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True)
+            behind = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
+            await anyio.wait_all_tasks_blocked()
+            assert engine.admission.waiting_jobs == 2
+            with anyio.CancelScope() as scope:  # its caller leaves while it waits
+                scope.cancel()
+                await gone.logits()
+            await behind.accepted()
+            assert engine.admission.waiting_jobs == 0 and engine.batcher.queued_items == 8
+            release.set()
+            for queued in (running, fills, behind):
+                await queued.logits()
+        assert engine.batcher.stats.items == 2 + 6 + 2, "the cancelled job's pairs never ran"
+
+
 async def test_a_job_larger_than_the_whole_queue_is_invalid_input_naming_the_limit(tiny_model):
     async with NliEngine.start(settings(max_queue_pairs=4), model=tiny_model) as engine:
         for wait_for_room in (False, True):

@@ -89,7 +89,12 @@ class _Admitted:
 
 
 class QueuedPairs:
-    """One job's admitted pairs: await ``logits()`` for them (cancel that await to drop them)."""
+    """One job's admitted pairs: await ``logits()`` for them (cancel that await to drop them).
+
+    The one handle a front end holds, from admission to result, whether the pairs are still
+    tokenizing, waiting for room or queued in the batcher; a cancelled wait ends the job through
+    one path (``_abandon``) in any of those states.
+    """
 
     __slots__ = ("_job", "_labels", "_admission")
 
@@ -101,43 +106,52 @@ class QueuedPairs:
     async def accepted(self) -> None:
         """Return once the pairs are in the shared queue; raise what kept them out
         (``Overloaded`` on tokens, ``timed_out`` in the waiting room, ``Unavailable``)."""
-        await self._settle()
+        try:
+            await self._settle()
+        except BaseException:
+            self._abandon()
+            raise
         if self._job.error is not None:
             raise self._job.error
 
     async def logits(self) -> np.ndarray:
         """``[pairs, labels]`` float32; raises the job's ``ServiceError``."""
-        await self.accepted()
         job = self._job
-        assert job.ticket is not None
-        rows = await job.ticket.result()
+        try:
+            await self._settle()
+            if job.error is not None:
+                raise job.error
+            assert job.ticket is not None
+            rows = await job.ticket.result()
+        except BaseException:
+            self._abandon()
+            raise
         # np.array stacks a job's rows (views of its batches' logits) faster than np.stack.
         return np.array(rows) if rows else np.zeros((0, self._labels), dtype=np.float32)
 
     async def _settle(self) -> None:
+        """Wait until the pairs are queued or refused; past the deadline, refuse them here."""
         job = self._job
-        try:
-            while job.ticket is None and job.error is None:
-                settled = job.settled  # a job sent to the waiting room gets a new event: look again
-                if job.deadline == math.inf:
-                    await settled.wait()
-                    continue
-                with anyio.move_on_after(job.deadline - anyio.current_time()):
-                    await settled.wait()
-                if job.ticket is None and job.error is None and anyio.current_time() >= job.deadline:
-                    job.error = DeadlineExceeded(f"no room in the queue within {job.timeout_s:g} s")
-                    self._abandon()
-        except BaseException:
-            self._abandon()
-            raise
+        while job.ticket is None and job.error is None:
+            settled = job.settled  # a job sent to the waiting room gets a new event: look again
+            if job.deadline == math.inf:
+                await settled.wait()
+                continue
+            with anyio.move_on_after(job.deadline - anyio.current_time()):
+                await settled.wait()
+            if job.ticket is None and job.error is None and anyio.current_time() >= job.deadline:
+                job.error = DeadlineExceeded(f"no room in the queue within {job.timeout_s:g} s")
+                self._abandon()
 
     def _abandon(self) -> None:
+        """End the job wherever it is: not queued yet, it never will be; queued, its items are
+        dropped before compute (a no-op once it has ended); waiting, the jobs behind it move up."""
         job = self._job
-        job.abandoned = True  # not queued yet: it never will be
-        if job.ticket is not None:  # queued: its items are dropped before compute
+        job.abandoned = True
+        if job.ticket is not None:
             job.ticket.drop()
         elif job.wait_for_room:
-            self._admission.queue_waiting()  # it may have held up the jobs behind it
+            self._admission.queue_waiting()
 
 
 class Admission:
