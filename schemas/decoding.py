@@ -37,7 +37,9 @@ from schemas.jobs import (
 )
 from schemas.limits import Limits
 
-NON_BLANK_PATTERN: Final = r"\S"
+NON_BLANK_PATTERN: Final = r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+"""A visible character: not whitespace, a control character or an invisible format character
+(zero-width spaces and joiners, direction marks, the byte-order mark)."""
 TICKER_PATTERN: Final = r"^[A-Z0-9.\-]+$"
 
 _PATTERN_REASONS: Final = {

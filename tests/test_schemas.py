@@ -41,6 +41,7 @@ from schemas import (
     explain_validation_error,
     operation_name,
 )
+from schemas.decoding import NON_BLANK_PATTERN
 
 HEADLINE = "Apple Declares $0.25 Dividend"
 EXPECTED_OPERATIONS = (
@@ -208,6 +209,9 @@ ERROR_CASES: list[tuple[object, str]] = [
     ({"operation": "classify", "headline": {"a": 1}}, "headline: expected str, got object"),
     ({"operation": "classify", "headline": ""}, "headline: must not be blank"),
     ({"operation": "classify", "headline": " \t\n"}, "headline: must not be blank"),
+    ({"operation": "classify", "headline": "\u0001\u0002"}, "headline: must not be blank"),
+    ({"operation": "classify", "headline": "\u200b\ufeff\u2060"}, "headline: must not be blank"),
+    ({"operation": "classify", "headline": "\u200e\u00ad\x85"}, "headline: must not be blank"),
     ({"operation": "classify", "headline": "x" * 2001}, "headline: expected at most 2000 characters"),
     ({"operation": "classify", "headline": HEADLINE, "company": 3}, "company: expected str or null, got int"),
     ({"operation": "classify", "headline": HEADLINE, "company": " "}, "company: must not be blank"),
@@ -424,7 +428,7 @@ class _Probe(msgspec.Struct, forbid_unknown_fields=True):
     s: str = ""
     opt: str | None = None
     short: Annotated[str, msgspec.Meta(max_length=3)] = ""
-    nonblank: Annotated[str, msgspec.Meta(pattern=r"\S")] = "x"
+    nonblank: Annotated[str, msgspec.Meta(pattern=NON_BLANK_PATTERN)] = "x"
     digits: Annotated[str, msgspec.Meta(pattern=r"^\d+$")] = "1"
     items: Annotated[list[int], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
         default_factory=lambda: [1]
@@ -441,7 +445,8 @@ SHAPES: list[tuple[object, str, str]] = [
     ({"s": 1}, "Expected `str`, got `int` - at `$.s`", "s: expected str, got int"),
     ({"opt": 1.5}, "Expected `str | null`, got `float` - at `$.opt`", "opt: expected str or null, got float"),
     ({"short": "abcd"}, "Expected `str` of length <= 3 - at `$.short`", "short: expected at most 3 characters"),
-    ({"nonblank": " "}, "Expected `str` matching regex '\\\\S' - at `$.nonblank`", "nonblank: must not be blank"),
+    ({"nonblank": " "}, f"Expected `str` matching regex {NON_BLANK_PATTERN!r} - at `$.nonblank`",
+     "nonblank: must not be blank"),
     ({"digits": "a"}, "Expected `str` matching regex '^\\\\d+$' - at `$.digits`",
      "digits: expected str matching regex '^\\\\d+$'"),
     ({"items": []}, "Expected `array` of length >= 1 - at `$.items`", "items: expected at least 1 item"),

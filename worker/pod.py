@@ -175,7 +175,8 @@ def parse_wait_ms(raw: str | None) -> int:
     """``/runsync``'s ``?wait=``: whole milliseconds, like RunPod's."""
     if raw is None:
         return RUNSYNC_DEFAULT_WAIT_MS
-    if not raw.isdigit() or int(raw) > RUNSYNC_MAX_WAIT_MS:
+    # ASCII digits only: str.isdigit() also takes "²" (int() then fails) and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 7 or int(raw) > RUNSYNC_MAX_WAIT_MS:
         raise InvalidInput(f"wait: expected milliseconds from 0 to {RUNSYNC_MAX_WAIT_MS}, got {raw[:20]!r}")
     return int(raw)
 
