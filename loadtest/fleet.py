@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,8 +200,6 @@ class Fleet:
     def _start(self) -> None:
         worker_id = f"fleet-worker-{len(self.workers) + 1}"
         if self._log_dir is None:
-            import tempfile
-
             self._log_dir = Path(tempfile.mkdtemp(prefix="fleet-"))
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with (self._log_dir / f"{worker_id}.log").open("wb") as out:
