@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ from structlog.testing import capture_logs
 from batching import Unavailable
 from schemas import DEFAULT_SCHEMA, OPERATIONS
 from schemas.trace import TraceRecorder, read_trace
-from worker.job_store import CANCELLED, COMPLETED, IN_PROGRESS, IN_QUEUE, JobStore
+from worker.job_store import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, JobStore
 from worker.model import NliModel
 from worker.operations import plan_job
 from worker.pod import RUNSYNC_MAX_WAIT_MS, PodApp, bind_refusal, serve
@@ -425,7 +426,8 @@ async def test_the_job_store_counts_every_move_and_ends_a_job_once() -> None:
     assert not store.finish(a, CANCELLED)  # ended once, for good
     assert store.finish(b, CANCELLED)  # before it was picked up
     store.start(b)  # too late: it stays cancelled
-    assert a.view() == {"id": a.id, "status": COMPLETED, "delayTime": 0, "executionTime": 250, "output": {"ok": True}}
+    as_sent = msgspec.json.decode(msgspec.json.encode(a.view()))  # the output is kept as JSON, sent as it is
+    assert as_sent == {"id": a.id, "status": COMPLETED, "delayTime": 0, "executionTime": 250, "output": {"ok": True}}
     assert b.view() == {"id": b.id, "status": CANCELLED, "delayTime": 250, "executionTime": 0}
     assert store.counts() == {**dict.fromkeys(store.counts(), 0), IN_QUEUE: 1, COMPLETED: 1, CANCELLED: 1}
     clock.now += 10
@@ -433,6 +435,30 @@ async def test_the_job_store_counts_every_move_and_ends_a_job_once() -> None:
     assert store.counts()[IN_QUEUE] == 1 and len(store) == 1
     with pytest.raises(ValueError, match="not a final status"):
         store.finish(c, IN_PROGRESS)
+
+
+async def test_the_job_store_is_bounded_in_bytes_too_forgetting_the_oldest_first() -> None:
+    # 100 jobs' worth of count, but bytes for two of these outputs: a third evicts the first.
+    output = {"results": [{"headline": "x" * 100}] * 10}
+    weight = len(msgspec.json.encode(output))
+    store = JobStore(ttl_s=600, max_finished=100, max_bytes=2 * weight + 10, clock=FakeClock())
+    jobs = [store.add("classify_batch") for _ in range(3)]
+    for job in jobs:
+        store.finish(job, COMPLETED, output=output)
+    assert store.get(jobs[0].id) is None and store.get(jobs[1].id) is jobs[1] and store.get(jobs[2].id) is jobs[2]
+    assert store.finished_bytes == 2 * weight and store.counts()[COMPLETED] == 2
+    failed = store.add("classify")
+    store.finish(failed, FAILED, error="invalid_input: headline: must not be blank")
+    assert store.get(jobs[1].id) is None and store.get(failed.id) is failed  # an error weighs too
+
+
+async def test_metrics_show_what_the_job_store_holds(tiny_model) -> None:
+    async with pod_client(tiny_model) as (pod, client):
+        await client.post("/runsync", json={"input": CLASSIFY})
+        text = (await client.get("/metrics")).text
+    stored = float(re.search(r"^nli_stored_bytes (\S+)$", text, re.MULTILINE)[1])
+    assert stored == pod.store.finished_bytes > 0
+    assert re.search(r"^nli_stored_jobs 1\.0$", text, re.MULTILINE)
 
 
 # ---- metrics, logs and recording ------------------------------------------------------------------------

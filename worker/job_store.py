@@ -6,8 +6,9 @@ batch, as a RunPod worker holding many jobs at once reports them; it ends ``COMP
 ``FAILED``, ``TIMED_OUT`` or ``CANCELLED`` and never changes again. ``delayTime`` is acceptance
 to pick-up, ``executionTime`` pick-up to end, both in ms as RunPod reports them.
 
-Finished jobs are forgotten ``ttl_s`` after they end, and beyond ``max_finished`` the oldest go
-first. Jobs end in clock order, so the finished ones sit in a deque sorted by end time and
+Finished jobs are forgotten ``ttl_s`` after they end, and beyond ``max_finished`` jobs or
+``max_bytes`` of their outputs and errors (a ``classify_batch`` output echoes every headline, so
+a count alone bounds nothing) the oldest go first. Jobs end in clock order, so the finished ones sit in a deque sorted by end time and
 expiry pops from its left: amortised O(1) a request, never a scan. Counts by status are kept as
 jobs move, so ``/health`` is O(1) too.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio
+import msgspec
 
 IN_QUEUE: Final = "IN_QUEUE"
 IN_PROGRESS: Final = "IN_PROGRESS"
@@ -43,8 +45,12 @@ class JobRecord:
     status: str = IN_QUEUE
     started: float | None = None
     ended: float | None = None
-    output: Any = None
+    output: msgspec.Raw | None = None
+    """The output as JSON, encoded once when the job ends: a tenth of the memory of the objects,
+    and ``/status`` sends it as it is."""
     error: str | None = None
+    size_bytes: int = 0
+    """What its output or error weighs as JSON, once it has ended."""
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
@@ -69,12 +75,21 @@ class JobRecord:
 class JobStore:
     """Jobs by id, with counts by status and the retention of finished ones."""
 
-    def __init__(self, *, ttl_s: float, max_finished: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        max_finished: int,
+        max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_finished = max_finished
+        self.max_bytes = max_bytes
         self.clock = clock
         self._jobs: dict[str, JobRecord] = {}
         self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._finished_bytes = 0
         self._counts = dict.fromkeys(STATUSES, 0)
 
     def add(self, operation: str, job_id: str | None = None) -> JobRecord:
@@ -105,9 +120,12 @@ class JobStore:
         record.ended = self.clock()
         if record.started is None:
             record.started = record.ended  # cancelled before its task picked it up
-        record.output, record.error = output, error
+        record.output = None if output is None else msgspec.Raw(_encode(output))
+        record.error = error
+        record.size_bytes = len(record.output or b"") + len(error or "")
         self._move(record, status)
         self._finished.append((record.ended, record))
+        self._finished_bytes += record.size_bytes
         record.done.set()
         self._expire()
         return True
@@ -120,19 +138,32 @@ class JobStore:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    @property
+    def finished_bytes(self) -> int:
+        """What the finished jobs held now weigh (their outputs and errors as JSON)."""
+        return self._finished_bytes
+
     def _move(self, record: JobRecord, status: str) -> None:
         self._counts[record.status] -= 1
         self._counts[status] += 1
         record.status = status
 
     def _expire(self) -> None:
-        """Forget finished jobs past their ttl or beyond the count, oldest end first."""
+        """Forget finished jobs past their ttl or beyond the count or the bytes, oldest end first."""
         deadline = self.clock() - self.ttl_s
-        finished = self._finished
-        while finished and (len(finished) > self.max_finished or finished[0][0] <= deadline):
+        finished, max_bytes = self._finished, self.max_bytes
+        while finished and (
+            len(finished) > self.max_finished
+            or finished[0][0] <= deadline
+            or (max_bytes is not None and self._finished_bytes > max_bytes)
+        ):
             _, record = finished.popleft()
             del self._jobs[record.id]
             self._counts[record.status] -= 1
+            self._finished_bytes -= record.size_bytes
+
+
+_encode = msgspec.json.Encoder().encode
 
 
 def new_job_id() -> str:

@@ -75,6 +75,10 @@ class Metrics:
         self.queue_pairs = Gauge("nli_queue_pairs", "Pairs queued, not yet in a batch.", registry=registry)
         self.queue_tokens = Gauge("nli_queue_tokens", "Tokens of the queued pairs.", registry=registry)
         self.inflight_jobs = Gauge("nli_inflight_jobs", "Jobs submitted and not yet ended.", registry=registry)
+        self.stored_jobs = Gauge("nli_stored_jobs", "Pod: jobs whose status is kept, ended or not.", registry=registry)
+        self.stored_bytes = Gauge(
+            "nli_stored_bytes", "Pod: what the kept outputs and errors of ended jobs weigh, as JSON.", registry=registry
+        )
         self.rejected = Counter(
             "nli_rejected", "Jobs refused before any work, by reason.", ["reason"], registry=registry
         )
@@ -114,6 +118,11 @@ class Metrics:
         self.model_load.set(model_load_s)
         self.model_warmup.set(warmup_s)
         self.model_ready.set(1)
+
+    def watch_job_store(self, jobs: Callable[[], float], finished_bytes: Callable[[], float]) -> None:
+        """Read what the pod's job store holds at scrape time."""
+        self.stored_jobs.set_function(jobs)
+        self.stored_bytes.set_function(finished_bytes)
 
     def watch_queue(
         self, queued_pairs: Callable[[], float], queued_tokens: Callable[[], float], inflight: Callable[[], float]

@@ -203,7 +203,9 @@ class PodApp:
         self.metrics = metrics or Metrics(CollectorRegistry())
         self.recorder = recorder
         self.schema = build_job_schema(settings.limits)
-        self.store = JobStore(ttl_s=settings.job_ttl_s, max_finished=settings.max_finished_jobs, clock=clock)
+        self.store = JobStore(ttl_s=settings.job_ttl_s, max_finished=settings.max_finished_jobs,
+                              max_bytes=settings.max_finished_bytes, clock=clock)  # fmt: skip
+        self.metrics.watch_job_store(lambda: len(self.store), lambda: self.store.finished_bytes)
         self.engine: NliEngine | None = None
         self.failure: Unavailable | None = None
         """Why the model or engine stopped, once it has."""
@@ -346,7 +348,7 @@ class PodApp:
         if record is None:
             raise NotFound(
                 f"no job {job_id[:64]!r}: never accepted, or finished more than "
-                f"JOB_TTL_S={self.settings.job_ttl_s:g} s (or MAX_FINISHED_JOBS jobs) ago"
+                f"JOB_TTL_S={self.settings.job_ttl_s:g} s (or MAX_FINISHED_JOBS jobs or MAX_FINISHED_BYTES) ago"
             )
         return record
 

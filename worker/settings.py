@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Pod mode: how long a finished job's status and output stay readable."""
     max_finished_jobs: int = 100_000
     """Pod mode: finished jobs kept at most; the oldest are forgotten first."""
+    max_finished_bytes: int = 268_435_456
+    """Pod mode: what finished jobs' outputs and errors may weigh (as JSON) at most; past it the
+    oldest are forgotten first."""
     max_body_bytes: int = 1_048_576
     """Pod mode: larger request bodies are refused with 413."""
     keep_alive_s: float = 75.0
@@ -75,7 +78,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         for name in (
             "max_concurrency", "window_pairs", "max_queue_pairs", "max_queue_tokens", "warmup_max_len",
-            "max_finished_jobs", "max_body_bytes",
+            "max_finished_jobs", "max_finished_bytes", "max_body_bytes",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()}: must be at least 1, got {getattr(self, name)}")
