@@ -47,6 +47,7 @@ _PATTERN_REASONS: Final = {
     TICKER_PATTERN: "must contain only A-Z, 0-9, '.' and '-'",
 }
 _UNPAIRED_SURROGATE = re.compile("[\ud800-\udfff]")
+_VISIBLE = re.compile(NON_BLANK_PATTERN)
 
 
 class JobSchema:
@@ -77,20 +78,19 @@ class JobSchema:
             raise InvalidInput(explain_validation_error(str(err))) from err
         except RecursionError as err:
             raise InvalidInput("input: nested too deeply") from err
-        # json.loads (which RunPod's SDK uses) lets "\ud800" through; tokenizers would fail on it.
-        bad_path = _find_unpaired_surrogate(op)
-        if bad_path is not None:
-            raise InvalidInput(f"{bad_path}: must not contain unpaired surrogates")
+        _check_texts(op)
         return op  # type: ignore[return-value]
 
     def decode_json(self, data: bytes | bytearray | memoryview | str) -> Operation:
         """Decode an HTTP body that holds a job input as JSON."""
         try:
-            return self._json_decoder.decode(data)  # type: ignore[no-any-return]
+            op: Job = self._json_decoder.decode(data)
         except msgspec.ValidationError as err:  # a subclass of DecodeError: catch it first
             raise InvalidInput(explain_validation_error(str(err))) from err
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
             raise malformed_json(data) from err
+        _check_texts(op)
+        return op  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"JobSchema({self.limits!r})"
@@ -169,8 +169,11 @@ def build_job_schema(limits: Limits) -> JobSchema:
 def _constrained_job_types(limits: Limits) -> tuple[type[Job], ...]:
     """Subclasses of the job classes whose fields carry ``limits`` as msgspec constraints."""
 
+    # No pattern here: msgspec would run it on every item before it checks a list's length, so a
+    # body of 250,000 one-character headlines cost its refusal five times over. _check_texts runs
+    # once the types, lengths and list sizes have passed.
     def text(max_chars: int) -> Any:
-        return Annotated[str, msgspec.Meta(max_length=max_chars, pattern=NON_BLANK_PATTERN)]
+        return Annotated[str, msgspec.Meta(max_length=max_chars)]
 
     def items(item: Any, max_items: int) -> Any:
         return Annotated[list[item], msgspec.Meta(min_length=1, max_length=max_items)]
@@ -347,21 +350,27 @@ def _lower_first(text: str) -> str:
     return text if text[1:2].isupper() else text[:1].lower() + text[1:]
 
 
-def _find_unpaired_surrogate(op: Job) -> str | None:
-    """The path of the first string in ``op`` holding a lone surrogate, or None."""
+def _check_texts(op: Job) -> None:
+    """``InvalidInput`` naming the first text field that is blank (no visible character) or holds
+    an unpaired surrogate (``json.loads``, which RunPod's SDK uses, lets ``"\\ud800"`` through;
+    tokenizers would fail on it). Tickers have their own pattern."""
     for name in op.__struct_fields__:
-        path = _surrogate_path(getattr(op, name), name)
-        if path is not None:
-            return path
-    return None
+        if name != "ticker_symbols":
+            found = _bad_text(getattr(op, name), name)
+            if found is not None:
+                raise InvalidInput(found)
 
 
-def _surrogate_path(value: object, path: str) -> str | None:
+def _bad_text(value: object, path: str) -> str | None:
     if isinstance(value, str):
-        return None if value.isascii() or not _UNPAIRED_SURROGATE.search(value) else path
+        if _VISIBLE.search(value) is None:
+            return f"{path}: must not be blank"
+        if not value.isascii() and _UNPAIRED_SURROGATE.search(value):
+            return f"{path}: must not contain unpaired surrogates"
+        return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            found = _surrogate_path(item, f"{path}[{index}]")
+            found = _bad_text(item, f"{path}[{index}]")
             if found is not None:
                 return found
     return None
