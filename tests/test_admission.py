@@ -156,6 +156,35 @@ async def test_tokens_are_counted_before_acceptance_refused_or_waited_for(tiny_m
                 await queued.logits()
 
 
+async def test_a_tick_of_much_new_text_is_tokenized_off_the_loop_which_keeps_answering(tiny_model, monkeypatch):
+    import threading
+
+    from worker.admission import INLINE_TOKENIZE_CHARS
+
+    loop_thread, seen_in, release = threading.get_ident(), [], threading.Event()
+    encode_texts = tiny_model.encode_texts
+
+    def slow_encode(texts):
+        seen_in.append(threading.get_ident())
+        if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
+            assert release.wait(30)  # held until the test has seen the loop answer meanwhile
+        return encode_texts(texts)
+
+    monkeypatch.setattr(tiny_model, "encode_texts", slow_encode)
+    long_texts = [f"{i} " + "word " * 400 for i in range(60)]  # 60 x ~2,000 new characters
+    async with NliEngine.start(settings(), model=tiny_model) as engine:
+        big = [engine.enqueue(pairs_about(text)) for text in long_texts]
+        answered = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: big[0].accepted())
+            await anyio.wait_all_tasks_blocked()  # the tick waits on its tokenizing thread...
+            answered.append(True)  # ...and this coroutine runs meanwhile: the loop is free
+            release.set()
+        for queued in big:
+            assert (await queued.logits()).shape == (2, 3)
+    assert answered and seen_in and all(thread != loop_thread for thread in seen_in)
+
+
 async def test_a_hypothesis_too_long_is_refused_at_once_and_nothing_is_tokenized(tiny_model, encode_calls):
     async with NliEngine.start(settings(), model=tiny_model) as engine:
         with pytest.raises(InvalidInput, match=r"^invalid_input: pairs\[1\]: hypothesis of \d+ tokens"):

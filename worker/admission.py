@@ -35,6 +35,10 @@ from worker.model import NliModel, PairTokens
 
 Pair = tuple[str, str]
 
+INLINE_TOKENIZE_CHARS = 100_000
+"""New premise text in one tick beyond which it is tokenized off the event loop: a burst of
+headlines stays inline, a flood of long texts leaves the loop free to answer."""
+
 
 class PremiseCache:
     """Recent premises' token ids; the least recently used goes first. Size 0 keeps none."""
@@ -225,8 +229,11 @@ class Admission:
             self._tick = anyio.Event()
             jobs, settled = self._take_admitted()
             try:
-                self._queue(jobs)
-            finally:
+                await self._queue(jobs)
+            finally:  # cancelled (the engine is stopping) or broken: no job of the tick is left hanging
+                for job in jobs:
+                    if job.ticket is None and job.error is None and job.settled is settled:
+                        job.error = Unavailable("the engine shut down")
                 settled.set()
 
     async def serve_waiting_room(self) -> None:
@@ -266,26 +273,48 @@ class Admission:
     def _premise_ids(self, texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
         """Each text's ids: the cached ones, and the rest tokenized in one call."""
         found, missing = self.premises.lookup(texts)
-        for text, ids in zip(missing, self.model.encode_texts(missing)):
+        return self._remember(found, missing, self.model.encode_texts(missing))
+
+    async def _premise_ids_off_loop(self, texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """``_premise_ids``, but a tick with much new text is tokenized in a worker thread (the
+        Rust tokenizer holds no GIL), so the loop keeps answering (``/ping``) meanwhile; a
+        usual tick is cheaper inline than a thread hop."""
+        found, missing = self.premises.lookup(texts)
+        if sum(map(len, missing)) > INLINE_TOKENIZE_CHARS:
+            encoded = await anyio.to_thread.run_sync(self.model.encode_texts, missing)
+        else:
+            encoded = self.model.encode_texts(missing)
+        return self._remember(found, missing, encoded)
+
+    def _remember(
+        self, found: dict[str, tuple[int, ...]], missing: list[str], encoded: list[tuple[int, ...]]
+    ) -> dict[str, tuple[int, ...]]:
+        for text, ids in zip(missing, encoded):
             found[text] = ids
             self.premises.add(text, ids)
         return found
 
     def _pairs(
-        self, jobs: Sequence[Sequence[Pair]], hypotheses: Sequence[list[tuple[int, ...]]]
+        self,
+        jobs: Sequence[Sequence[Pair]],
+        hypotheses: Sequence[list[tuple[int, ...]]],
+        premises: dict[str, tuple[int, ...]] | None = None,
     ) -> list[list[PairTokens]]:
-        premises = self._premise_ids(dict.fromkeys(premise for pairs in jobs for premise, _ in pairs))
+        if premises is None:
+            premises = self._premise_ids(_premises_of(jobs))
         pair = self.model.pair
         return [
             [pair(premises[premise], ids) for (premise, _), ids in zip(pairs, job_hypotheses)]
             for pairs, job_hypotheses in zip(jobs, hypotheses)
         ]
 
-    def _queue(self, jobs: list[_Admitted]) -> None:
+    async def _queue(self, jobs: list[_Admitted]) -> None:
         """Tokenize a tick's live jobs together; queue each, or send it to the waiting room."""
         live = [job for job in jobs if not job.abandoned]
+        pairs = [job.pairs for job in live]
         try:
-            tokens = self._pairs([job.pairs for job in live], [job.hypotheses for job in live])
+            premises = await self._premise_ids_off_loop(_premises_of(pairs))
+            tokens = self._pairs(pairs, [job.hypotheses for job in live], premises)
         except Exception as err:  # the tokenizer failed: every job ends with it (logged as internal)
             for job in live:
                 job.error = err
@@ -341,3 +370,9 @@ class Admission:
             job.ticket = self.batcher.enqueue(job.tokens, job.costs, timeout_s=timeout_s)
         except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
             job.error = err
+
+
+def _premises_of(jobs: Sequence[Sequence[Pair]]) -> dict[str, None]:
+    """The distinct premises of jobs' pairs, in order."""
+    return dict.fromkeys(premise for pairs in jobs for premise, _ in pairs)
+
