@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -78,14 +79,14 @@ class _Worker:
     stopped: float | None = None
 
 
-def simulate(arrivals: list[tuple[float, int]], plan: FleetPlan, worker: WorkerModel, *, dt: float = 0.01,
-             tail_s: float | None = None) -> PlanResult:  # fmt: skip
-    """Run ``arrivals`` (seconds, pairs) through the fleet; latencies from arrival to completion."""
+def simulate(arrivals: list[tuple[float, int]], plan: FleetPlan, worker: WorkerModel, *, dt: float = 0.01) -> PlanResult:
+    """Run ``arrivals`` (seconds, pairs) through the fleet; latencies from arrival to completion.
+    It ends once every job is done and every flex worker has idled out."""
     order = sorted(range(len(arrivals)), key=lambda i: arrivals[i][0])
     done: list[float | None] = [None] * len(arrivals)
     queue: deque[int] = deque()
     workers = [_Worker(0.0, 0.0, active=True) for _ in range(plan.workers_min)]
-    end = (arrivals[order[-1]][0] if arrivals else 0.0) + (plan.idle_timeout_s if tail_s is None else tail_s)
+    end = arrivals[order[-1]][0] if arrivals else 0.0
     t, next_arrival, next_tick = 0.0, 0, 0.0
     while t <= end or queue or any(w.held or (w.stopped is None and not w.active) for w in workers):
         while next_arrival < len(order) and arrivals[order[next_arrival]][0] <= t:
@@ -114,7 +115,7 @@ def simulate(arrivals: list[tuple[float, int]], plan: FleetPlan, worker: WorkerM
                 w.last_busy = t + dt
         if scale_now:  # after this step's takes: a worker that just polled has taken what was queued
             _scale(workers, queue, arrivals, plan, worker, t)
-            next_tick += TICK_S
+            next_tick = (math.floor(t / TICK_S) + 1) * TICK_S  # on the tick grid, also after a jump
         t = _next_time(t, dt, queue, workers, arrivals, order, next_arrival, next_tick)
     for w in workers:
         if w.stopped is None:
