@@ -263,6 +263,27 @@ async def test_a_job_whose_tokens_do_not_fit_is_429_never_accepted_then_failed(t
     assert pod.store.counts()[COMPLETED] == 3 and pod.store.counts().get("FAILED", 0) == 0
 
 
+async def test_a_runsync_open_when_the_drain_ends_gets_its_job_as_json(tiny_model, monkeypatch) -> None:
+    async with pod_client(tiny_model) as (pod, client):
+        await pod.wait_ready()
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            answers: list[httpx.Response] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: _append_answer(answers, client.post("/runsync?wait=300000",
+                                                                          json={"input": CLASSIFY})))  # fmt: skip
+                await anyio.to_thread.run_sync(entered.wait, 30)
+                await pod.drain(timeout_s=0.05)  # the model is held: the drain runs out
+            ping = await client.get("/ping")
+            release.set()
+    (answer,) = answers
+    assert answer.status_code == 200 and answer.json()["status"] == IN_PROGRESS
+    assert ping.status_code == 503
+
+
+async def _append_answer(answers: list, request) -> None:
+    answers.append(await request)
+
+
 async def test_while_the_model_loads_ping_is_204_and_jobs_are_503(tiny_model) -> None:
     loading = threading.Event()
 

@@ -205,6 +205,46 @@ async def test_the_pod_command_serves_with_a_key_records_and_stops_on_sigterm(tm
     assert [recorded.input for recorded in read_trace(trace).jobs] == [job]
 
 
+async def test_sigterm_mid_burst_drains_the_jobs_in_flight_then_exits_0(tmp_path: Path) -> None:
+    # A burst that takes the CPU model seconds; SIGTERM right after it is accepted. The pod must
+    # refuse new work at once (/ping and /run 503, Retry-After), finish every job it accepted,
+    # keep their results readable, and exit 0.
+    env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "DEVICE": "cpu", "WARMUP_MAX_LEN": "16",
+           "DRAIN_TIMEOUT_S": "120", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env.pop("API_KEY", None)
+    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0"]
+    long = "Apple Declares A Special Dividend And Raises Its Guidance For The Full Year " * 6
+    burst = [{"operation": "classify_batch", "headlines": [f"{j}.{i} {long}" for i in range(32)]} for j in range(10)]
+    lines: list[dict] = []
+    with anyio.fail_after(150):
+        async with await anyio.open_process(command, env=env, stderr=None, cwd=tmp_path) as process:
+            assert process.stdout is not None
+            try:
+                reader = JsonLines(process.stdout)
+                started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
+                async with httpx.AsyncClient(base_url=started["event"].split()[3], timeout=30) as client:
+                    await wait_until_ready(client)
+                    ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in burst]
+                    process.send_signal(signal.SIGTERM)
+                    await reader.until(lambda line: line["event"] == "pod_draining", lines)
+                    ping = await client.get("/ping")
+                    refused = await client.post("/run", json={"input": burst[0]})
+                    results = await poll_until_done(client, ids)
+                await reader.until(lambda line: line["event"] == "pod_stopped", lines)
+                returncode = await process.wait()
+            except BaseException:
+                process.kill()
+                raise
+    draining = next(line for line in lines if line["event"] == "pod_draining")
+    assert draining["jobs_in_flight"] > 0, "the burst was still running when SIGTERM came"
+    assert ping.status_code == 503
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "unavailable: the server is shutting down"
+    assert [results[job_id]["status"] for job_id in ids] == ["COMPLETED"] * len(ids)
+    assert all(len(results[job_id]["output"]["results"]) == 32 for job_id in ids)
+    assert returncode == 0
+
+
 async def wait_until_ready(client: httpx.AsyncClient) -> None:
     """Poll ``/ping`` as RunPod's load balancer does: 204 while loading, 200 once ready."""
     for _ in range(400):

@@ -138,6 +138,10 @@ class JobStore:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def in_flight(self) -> list[JobRecord]:
+        """Jobs accepted and not ended yet."""
+        return [record for record in self._jobs.values() if not record.finished]
+
     @property
     def finished_bytes(self) -> int:
         """What the finished jobs held now weigh (their outputs and errors as JSON)."""

@@ -15,6 +15,7 @@ enter it (``serve``). Every ``ServiceError`` becomes an HTTP response in ``error
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
@@ -30,6 +31,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 import structlog
+import uvicorn
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
@@ -68,7 +70,10 @@ RUNSYNC_DEFAULT_WAIT_MS = 60_000
 RUNSYNC_MAX_WAIT_MS = 300_000
 """``/runsync?wait=`` is in milliseconds, as on RunPod's endpoints (1000 to 300000 there)."""
 GRACEFUL_SHUTDOWN_S = 30.0
-"""On SIGTERM uvicorn lets open requests (``/runsync`` waits) finish for this long."""
+"""Once the drain is over, uvicorn lets open requests finish for this long."""
+DRAIN_READ_S = 2.5
+"""After the last job in flight has ended, the results stay readable this long before the
+process exits: longer than the project's client waits between two polls (2 s at most)."""
 OPEN_PATHS = frozenset({"/ping", "/metrics"})
 """Routes that need no API key: load-balancer health checks and Prometheus scrapes."""
 
@@ -210,6 +215,8 @@ class PodApp:
         self.failure: Unavailable | None = None
         """Why the model or engine stopped, once it has."""
         self.closing = False
+        self.drain_over = anyio.Event()
+        """Set once a drain has ended: open ``/runsync`` waits answer with the job as it stands."""
         self._model = model
         self._load_model = load_model or functools.partial(
             NliModel.load, settings.model_name, device=settings.device, dtype=settings.dtype
@@ -245,6 +252,25 @@ class PodApp:
     @property
     def entered(self) -> bool:
         return self._task_group is not None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking jobs (``/ping`` and new jobs 503) and let those in flight finish, for
+        ``timeout_s`` at most; then keep their results readable for ``DRAIN_READ_S``.
+
+        The pod is then ready to exit: what is still in flight ends ``unavailable`` as the
+        engine stops.
+        """
+        self.closing = True
+        in_flight = self.store.in_flight()
+        log.info("pod_draining", jobs_in_flight=len(in_flight), timeout_s=timeout_s)
+        with anyio.move_on_after(timeout_s):
+            for record in in_flight:
+                await record.done.wait()
+            if in_flight:
+                await anyio.sleep(DRAIN_READ_S)
+        left = len(self.store.in_flight())
+        log.info("pod_drained", jobs_left=left, jobs=self.store.counts())
+        self.drain_over.set()
 
     async def wait_ready(self) -> NliEngine:
         """Wait until the engine serves jobs; raises ``Unavailable`` if it failed to start."""
@@ -404,7 +430,7 @@ def build_app(pod: PodApp) -> Starlette:
         wait_ms = parse_wait_ms(request.query_params.get("wait"))
         record = await pod.submit(request)
         with anyio.move_on_after(wait_ms / 1000):
-            await record.done.wait()
+            await _first_of(record.done, pod.drain_over)  # a drain's end answers with the job as it is
         return json_response(record.view())
 
     async def status(request: Request) -> Response:
@@ -452,6 +478,18 @@ def build_app(pod: PodApp) -> Starlette:
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error},  # type: ignore[dict-item]
         lifespan=lifespan,
     )
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
 
 
 async def _service_error(request: Request, err: ServiceError) -> Response:
@@ -553,9 +591,11 @@ def _is_loopback(host: str) -> bool:
 def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, record: str | None = None) -> int:
     """Run the pod server until SIGINT/SIGTERM; the exit status (2: refused to start).
 
-    The HTTP server answers before the model has loaded (``/ping`` 204, jobs 503). On shutdown
-    uvicorn lets open requests finish (``GRACEFUL_SHUTDOWN_S``), then the engine stops and jobs
-    still in flight end FAILED ``unavailable``. Logging is ours (configured by the caller); the
+    The HTTP server answers before the model has loaded (``/ping`` 204, jobs 503). The first
+    SIGTERM or SIGINT drains the pod (``PodApp.drain``: ``/ping`` and new jobs 503, jobs in
+    flight finish within ``DRAIN_TIMEOUT_S``); then uvicorn lets open requests finish
+    (``GRACEFUL_SHUTDOWN_S``), the engine stops and jobs still in flight end FAILED
+    ``unavailable``. Logging is ours (configured by the caller); the
     access log is on only at LOG_LEVEL=DEBUG.
     """
     import uvicorn
@@ -582,7 +622,7 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, r
         timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = uvicorn.Server(config)
+    server = _DrainingServer(config, pod)
     log.info("pod_starting", host=host, port=port, auth=settings.api_key is not None, record=record)
     try:
         with _signals_end_quietly():
@@ -591,6 +631,31 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, r
         if recorder is not None:
             recorder.close()
     return 0 if server.started else 1
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM or SIGINT drains the pod (``PodApp.drain``) before it shuts
+    down; a second one shuts down at once, a third forces it."""
+
+    def __init__(self, config: uvicorn.Config, pod: PodApp) -> None:
+        super().__init__(config)
+        self.pod = pod
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.draining or not self.pod.entered or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        loop = asyncio.get_running_loop()  # signal handlers run on the loop's thread
+        self._drain_task = loop.create_task(self._drain_then_exit(sig, frame))
+
+    async def _drain_then_exit(self, sig: int, frame: Any) -> None:
+        try:
+            await self.pod.drain(self.pod.settings.drain_timeout_s)
+        finally:
+            super().handle_exit(sig, frame)
 
 
 @contextmanager

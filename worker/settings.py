@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_finished_bytes: int = 268_435_456
     """Pod mode: what finished jobs' outputs and errors may weigh (as JSON) at most; past it the
     oldest are forgotten first."""
+    drain_timeout_s: float = 30.0
+    """Pod mode: after SIGTERM, how long jobs in flight may take to finish (new ones are refused
+    with 503) before the rest end ``unavailable`` and the process exits."""
     max_body_bytes: int = 1_048_576
     """Pod mode: larger request bodies are refused with 413."""
     keep_alive_s: float = 75.0
@@ -94,6 +97,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise SettingsError(f"JOB_TIMEOUT_S: must be positive, got {self.job_timeout_s}")
         if self.job_ttl_s <= 0:
             raise SettingsError(f"JOB_TTL_S: must be positive, got {self.job_ttl_s}")
+        if self.drain_timeout_s < 0:
+            raise SettingsError(f"DRAIN_TIMEOUT_S: must not be negative, got {self.drain_timeout_s}")
         if self.keep_alive_s <= 0:
             raise SettingsError(f"KEEP_ALIVE_S: must be positive, got {self.keep_alive_s}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
