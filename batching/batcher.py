@@ -279,15 +279,6 @@ class Batcher(Generic[P, C, R]):
             raise Unavailable("the batcher is not running")
         self._admit(items, tokens, count=False, reserved_items=reserved_items)
 
-    def check_fits(self, items: int, tokens: int = 0) -> None:
-        """Raise ``InvalidInput`` for a job larger than the whole queue: no wait makes room for it."""
-        policy = self.policy
-        if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
-            raise InvalidInput(
-                f"job has {items} items and {tokens} tokens; the queue holds at most "
-                f"{policy.max_queue_items} items and {policy.max_queue_tokens} tokens"
-            )
-
     def has_room(self, items: int, tokens: int) -> bool:
         """Whether a job of this size would be queued now rather than refused as ``Overloaded``."""
         policy = self.policy
@@ -302,9 +293,13 @@ class Batcher(Generic[P, C, R]):
 
     def _admit(self, items: int, tokens: int, *, count: bool = True, reserved_items: int = 0) -> None:
         policy = self.policy
-        self.check_fits(items, tokens)
-        queued_items = self._queued_items + reserved_items
-        if queued_items + items > policy.max_queue_items or self._queued_tokens + tokens > policy.max_queue_tokens:
+        if items > policy.max_queue_items or tokens > policy.max_queue_tokens:
+            raise InvalidInput(
+                f"job has {items} items and {tokens} tokens; the queue holds at most "
+                f"{policy.max_queue_items} items and {policy.max_queue_tokens} tokens"
+            )
+        if not self.has_room(items + reserved_items, tokens):
+            queued_items = self._queued_items + reserved_items
             self.stats.jobs_rejected += count
             raise Overloaded(
                 f"queue full ({queued_items} items, {self._queued_tokens} tokens queued); "
