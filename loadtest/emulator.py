@@ -685,8 +685,7 @@ async def serve_emulator(
     running = RunningEmulator(queue, f"http://{url_host}:{sock.getsockname()[1]}", endpoint_id, api_key)
     workers = None
     if fleet is not None:
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
-        workers = Fleet(queue, fleet, lambda worker_id: {**base_env, **running.env_for(worker_id)})
+        workers = Fleet(queue, fleet, running.env_for)
     app = build_app(queue, endpoint_id=endpoint_id, api_key=api_key, long_poll_s=long_poll_s,
                     fleet_report=workers.report if workers is not None else None)  # fmt: skip
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=KEEP_ALIVE_S,
@@ -823,9 +822,8 @@ def run(args: argparse.Namespace) -> int:
     if fleet_settings is not None:
         from loadtest.fleet import Fleet
 
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
-        fleet = Fleet(queue, fleet_settings, lambda worker_id: {
-            **base_env, **worker_env(root_url, args.endpoint_id, args.api_key, pod_id=worker_id)})  # fmt: skip
+        served = RunningEmulator(queue, root_url, args.endpoint_id, args.api_key)
+        fleet = Fleet(queue, fleet_settings, served.env_for)
     app = build_app(queue, endpoint_id=args.endpoint_id, api_key=args.api_key,
                     fleet_report=fleet.report if fleet is not None else None)  # fmt: skip
     log.info("emulator_starting", base_url=f"{root_url}/v2/{args.endpoint_id}", auth=args.api_key is not None,

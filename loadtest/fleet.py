@@ -117,10 +117,13 @@ class FleetWorker:
 class Fleet:
     """Starts and stops workers for one emulated endpoint; ``run()`` is its scaling loop."""
 
-    def __init__(self, queue: RunpodQueue, settings: FleetSettings, env_for: Callable[[str], dict[str, str]]) -> None:
+    def __init__(self, queue: RunpodQueue, settings: FleetSettings, worker_env: Callable[[str], dict[str, str]]) -> None:
+        """``worker_env(worker_id)``: the ``RUNPOD_*`` variables that point a worker at the emulator;
+        a worker gets them over this process's environment (``MODEL_NAME``, ``MAX_CONCURRENCY``...)."""
         self.queue = queue
         self.settings = settings
-        self.env_for = env_for
+        self.worker_env = worker_env
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
         self.workers: list[FleetWorker] = []
         self.timeline: list[tuple[float, int, int, int, int]] = []
         """(seconds since start, workers up, workers ready, jobs queued, jobs running), a tick each."""
@@ -203,7 +206,7 @@ class Fleet:
             self._log_dir = Path(tempfile.mkdtemp(prefix="fleet-"))
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with (self._log_dir / f"{worker_id}.log").open("wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "worker", "serverless"], env=self.env_for(worker_id),
+            process = subprocess.Popen([sys.executable, "-m", "worker", "serverless"], env={**self._base_env, **self.worker_env(worker_id)},
                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self.workers.append(FleetWorker(worker_id, process, time.monotonic()))
         log.info("worker_started", worker_id=worker_id, up=len(self.up))
