@@ -10,7 +10,7 @@ from held_model import held_batches
 
 from batching import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from schemas import DEFAULT_SCHEMA
-from worker.admission import PremiseCache
+from worker.admission import PremiseCache, QueuedPairs
 from worker.engine import NliEngine
 from worker.service import execute_job
 from worker.settings import Settings
@@ -65,12 +65,18 @@ async def test_a_full_queue_counts_the_pairs_still_tokenizing(tiny_model):
 ROOMY_BATCHES = {"max_batch_pairs": 64, "max_wait_ms": 60_000}
 
 
+async def six_of_eight_queued(engine: NliEngine, entered) -> tuple[QueuedPairs, QueuedPairs]:
+    """Two pairs held in the model, then six queued: a queue of 8 pairs with room for 2."""
+    running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
+    await anyio.to_thread.run_sync(entered.wait, 30)
+    fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)
+    return running, fills
+
+
 async def test_a_job_that_must_wait_for_room_waits_in_arrival_order_and_completes(tiny_model, monkeypatch):
     async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
         with held_batches(tiny_model, monkeypatch) as (entered, release):
-            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)  # 2 pairs, in the model
-            await anyio.to_thread.run_sync(entered.wait, 30)
-            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)  # 6 of 8 queued
+            running, fills = await six_of_eight_queued(engine, entered)
             big = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True)  # 4: no room
             small = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)  # 2 would fit: not before big
             await anyio.wait_all_tasks_blocked()
@@ -86,9 +92,7 @@ async def test_a_job_that_must_wait_for_room_waits_in_arrival_order_and_complete
 async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_the_next_in(tiny_model, monkeypatch):
     async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
         with held_batches(tiny_model, monkeypatch) as (entered, release):
-            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
-            await anyio.to_thread.run_sync(entered.wait, 30)
-            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)
+            running, fills = await six_of_eight_queued(engine, entered)
             late = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True, timeout_s=0.01)
             behind = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
             with pytest.raises(DeadlineExceeded, match="no room in the queue within 0.01 s"):
@@ -103,9 +107,7 @@ async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_th
 async def test_a_job_cancelled_in_the_waiting_room_leaves_and_lets_the_next_in(tiny_model, monkeypatch):
     async with NliEngine.start(settings(max_queue_pairs=8, **ROOMY_BATCHES), model=tiny_model) as engine:
         with held_batches(tiny_model, monkeypatch) as (entered, release):
-            running = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
-            await anyio.to_thread.run_sync(entered.wait, 30)
-            fills = engine.enqueue(pairs_about(HEADLINES[1]) * 3, wait_for_room=True)
+            running, fills = await six_of_eight_queued(engine, entered)
             gone = engine.enqueue(pairs_about(HEADLINES[2]) * 2, wait_for_room=True)
             behind = engine.enqueue(pairs_about(HEADLINES[0]), wait_for_room=True)
             await anyio.wait_all_tasks_blocked()

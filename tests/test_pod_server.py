@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -170,31 +172,16 @@ async def test_cancel_and_overload_on_a_real_server(pod_server, tiny_model, monk
 
 async def test_the_pod_command_serves_with_a_key_records_and_stops_on_sigterm(tmp_path: Path) -> None:
     trace = tmp_path / "recorded.jsonl"
-    env = {
-        **os.environ, "MODEL_NAME": "synthetic:tiny", "DEVICE": "cpu", "WARMUP_MAX_LEN": "16",
-        "API_KEY": "k3y", "PYTHONPATH": str(ROOT),
-    }  # fmt: skip
-    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0", "--record", str(trace)]
     lines: list[dict] = []
     with anyio.fail_after(90):
-        async with await anyio.open_process(command, env=env, stderr=None, cwd=tmp_path) as process:
-            assert process.stdout is not None
-            try:
-                reader = JsonLines(process.stdout)
-                started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
-                base_url = started["event"].split()[3]
-                async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-                    await wait_until_ready(client)
-                    headers = {"Authorization": "Bearer k3y"}
-                    job = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend"}
-                    unauthorised = await client.post("/runsync", json={"input": job})
-                    done = (await client.post("/runsync", json={"input": job}, headers=headers)).json()
-                process.send_signal(signal.SIGTERM)
-                await reader.until(lambda line: line["event"] == "pod_stopped", lines)
-                returncode = await process.wait()
-            except BaseException:
-                process.kill()
-                raise
+        async with pod_process(tmp_path, lines, {"API_KEY": "k3y"}, "--record", str(trace)) as (process, reader, client):
+            headers = {"Authorization": "Bearer k3y"}
+            job = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend"}
+            unauthorised = await client.post("/runsync", json={"input": job})
+            done = (await client.post("/runsync", json={"input": job}, headers=headers)).json()
+            process.send_signal(signal.SIGTERM)
+            await reader.until(lambda line: line["event"] == "pod_stopped", lines)
+            returncode = await process.wait()
     assert returncode == 0  # a graceful shutdown on SIGTERM
     assert unauthorised.status_code == 401
     assert done["status"] == "COMPLETED" and done["output"]["headline"] == job["headline"]
@@ -209,32 +196,19 @@ async def test_sigterm_mid_burst_drains_the_jobs_in_flight_then_exits_0(tmp_path
     # A burst that takes the CPU model seconds; SIGTERM right after it is accepted. The pod must
     # refuse new work at once (/ping and /run 503, Retry-After), finish every job it accepted,
     # keep their results readable, and exit 0.
-    env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "DEVICE": "cpu", "WARMUP_MAX_LEN": "16",
-           "DRAIN_TIMEOUT_S": "120", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    env.pop("API_KEY", None)
-    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0"]
     long = "Apple Declares A Special Dividend And Raises Its Guidance For The Full Year " * 6
     burst = [{"operation": "classify_batch", "headlines": [f"{j}.{i} {long}" for i in range(32)]} for j in range(10)]
     lines: list[dict] = []
     with anyio.fail_after(150):
-        async with await anyio.open_process(command, env=env, stderr=None, cwd=tmp_path) as process:
-            assert process.stdout is not None
-            try:
-                reader = JsonLines(process.stdout)
-                started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
-                async with httpx.AsyncClient(base_url=started["event"].split()[3], timeout=30) as client:
-                    await wait_until_ready(client)
-                    ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in burst]
-                    process.send_signal(signal.SIGTERM)
-                    await reader.until(lambda line: line["event"] == "pod_draining", lines)
-                    ping = await client.get("/ping")
-                    refused = await client.post("/run", json={"input": burst[0]})
-                    results = await poll_until_done(client, ids)
-                await reader.until(lambda line: line["event"] == "pod_stopped", lines)
-                returncode = await process.wait()
-            except BaseException:
-                process.kill()
-                raise
+        async with pod_process(tmp_path, lines, {"DRAIN_TIMEOUT_S": "120"}) as (process, reader, client):
+            ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in burst]
+            process.send_signal(signal.SIGTERM)
+            await reader.until(lambda line: line["event"] == "pod_draining", lines)
+            ping = await client.get("/ping")
+            refused = await client.post("/run", json={"input": burst[0]})
+            results = await poll_until_done(client, ids)
+            await reader.until(lambda line: line["event"] == "pod_stopped", lines)
+            returncode = await process.wait()
     draining = next(line for line in lines if line["event"] == "pod_draining")
     assert draining["jobs_in_flight"] > 0, "the burst was still running when SIGTERM came"
     assert ping.status_code == 503
@@ -243,6 +217,28 @@ async def test_sigterm_mid_burst_drains_the_jobs_in_flight_then_exits_0(tmp_path
     assert [results[job_id]["status"] for job_id in ids] == ["COMPLETED"] * len(ids)
     assert all(len(results[job_id]["output"]["results"]) == 32 for job_id in ids)
     assert returncode == 0
+
+
+@asynccontextmanager
+async def pod_process(
+    cwd: Path, lines: list[dict], env: dict[str, str], *args: str
+) -> AsyncIterator[tuple[anyio.abc.Process, JsonLines, httpx.AsyncClient]]:
+    """``python -m worker pod`` on a free loopback port with ``synthetic:tiny`` and ``env``; yields
+    it, its log reader (lines read land in ``lines``) and a client once it serves. Killed on error."""
+    env = {**{k: v for k, v in os.environ.items() if k != "API_KEY"}, "MODEL_NAME": "synthetic:tiny",
+           "DEVICE": "cpu", "WARMUP_MAX_LEN": "16", "PYTHONPATH": str(ROOT), **env}  # fmt: skip
+    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0", *args]
+    async with await anyio.open_process(command, env=env, stderr=None, cwd=cwd) as process:
+        assert process.stdout is not None
+        try:
+            reader = JsonLines(process.stdout)
+            started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
+            async with httpx.AsyncClient(base_url=started["event"].split()[3], timeout=30) as client:
+                await wait_until_ready(client)
+                yield process, reader, client
+        except BaseException:
+            process.kill()
+            raise
 
 
 async def wait_until_ready(client: httpx.AsyncClient) -> None:
