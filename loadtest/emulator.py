@@ -46,14 +46,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from batching.errors import InvalidInput
+from schemas.runpod import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINAL_STATUSES,
+    IN_PROGRESS,
+    IN_QUEUE,
+    TIMED_OUT,
+    JobView,
+    decode_run_request,
+    job_view,
+)
+
 if TYPE_CHECKING:
     from loadtest.fleet import Fleet, FleetSettings
 
 log = structlog.get_logger("loadtest.emulator")
-
-IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
-COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 
 API_KEY_ENV = "RUNPOD_EMULATOR_API_KEY"
 LONG_POLL_S = 5.0  # how long an empty job-take or job-stop is held (the SDK gives up after 90 s)
@@ -83,17 +93,12 @@ class Job:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
 
-    def view(self) -> dict[str, Any]:
-        """The body of ``/status``: RunPod's field names, durations in whole milliseconds."""
-        body: dict[str, Any] = {"id": self.id, "status": self.status}
-        if self.started_s is not None:
-            body["delayTime"] = _ms(self.started_s - self.submitted_s)
-            if self.finished_s is not None:
-                body["executionTime"] = _ms(self.finished_s - self.started_s)
-        if self.worker_id is not None:
-            body["workerId"] = self.worker_id
-        body.update((key, self.result[key]) for key in ("output", "error") if key in self.result)
-        return body
+    def view(self) -> JobView:
+        """The body of ``/status``, with the worker that holds or held it."""
+        return job_view(
+            self.id, self.status, submitted_s=self.submitted_s, started_s=self.started_s, ended_s=self.finished_s,
+            output=self.result.get("output"), error=self.result.get("error"), worker_id=self.worker_id,
+        )  # fmt: skip
 
     def payload(self) -> dict[str, Any]:
         """What a worker's job-take receives."""
@@ -371,10 +376,6 @@ def _error(status_code: int, message: str) -> Response:
     return _json({"error": message}, status_code)
 
 
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
 def _authorized(request: Request, api_key: str | None) -> bool:
     """Without a key anything goes; with one, ``Bearer <key>`` (clients) or the bare key (workers)."""
     if api_key is None:
@@ -505,16 +506,12 @@ class EmulatorApi:
         if len(body) > max_bytes:
             return _error(413, f"the request body is over {max_bytes} bytes")
         try:
-            data = msgspec.json.decode(body)
-        except msgspec.DecodeError as err:
-            return _error(400, f"the request body is not JSON: {err}")
-        if not isinstance(data, dict) or "input" not in data:
-            return _error(400, 'the request body must be a JSON object with an "input" field')
-        policy = data.get("policy")
-        timeout_ms = policy.get("executionTimeout") if isinstance(policy, dict) else None
-        if timeout_ms is not None and (not isinstance(timeout_ms, int) or timeout_ms <= 0):
-            return _error(400, "policy.executionTimeout must be a positive number of milliseconds")
-        return self.queue.submit(data["input"], sync=sync, execution_timeout_s=timeout_ms and timeout_ms / 1000)
+            run = decode_run_request(body)
+        except InvalidInput as err:
+            return _error(400, str(err))
+        if not len(run.input):
+            return _error(400, 'body.input: missing; send {"input": {...}}')
+        return self.queue.submit(run.input, sync=sync, execution_timeout_s=run.timeout_s)
 
     # worker side
 

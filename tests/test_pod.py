@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 from batching import Unavailable
 from schemas import DEFAULT_SCHEMA, OPERATIONS
 from schemas.trace import TraceRecorder, read_trace
-from worker.job_store import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, JobStore
+from schemas.runpod import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE
+from worker.job_store import JobStore
 from worker.model import NliModel
 from worker.operations import plan_job
 from worker.pod import RUNSYNC_MAX_WAIT_MS, PodApp, bind_refusal, serve
@@ -449,7 +450,7 @@ async def test_the_job_store_counts_every_move_and_ends_a_job_once() -> None:
     store.start(b)  # too late: it stays cancelled
     as_sent = msgspec.json.decode(msgspec.json.encode(a.view()))  # the output is kept as JSON, sent as it is
     assert as_sent == {"id": a.id, "status": COMPLETED, "delayTime": 0, "executionTime": 250, "output": {"ok": True}}
-    assert b.view() == {"id": b.id, "status": CANCELLED, "delayTime": 250, "executionTime": 0}
+    assert msgspec.to_builtins(b.view()) == {"id": b.id, "status": CANCELLED, "delayTime": 250, "executionTime": 0}
     assert store.counts() == {**dict.fromkeys(store.counts(), 0), IN_QUEUE: 1, COMPLETED: 1, CANCELLED: 1}
     clock.now += 10
     assert store.get(a.id) is None and store.get(b.id) is None and store.get(c.id) is c

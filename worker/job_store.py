@@ -20,19 +20,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import msgspec
 
-IN_QUEUE: Final = "IN_QUEUE"
-IN_PROGRESS: Final = "IN_PROGRESS"
-COMPLETED: Final = "COMPLETED"
-FAILED: Final = "FAILED"
-CANCELLED: Final = "CANCELLED"
-TIMED_OUT: Final = "TIMED_OUT"
-STATUSES: Final = (IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED, TIMED_OUT)
-FINAL_STATUSES: Final = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
+from schemas.runpod import COMPLETED, FINAL_STATUSES, IN_PROGRESS, IN_QUEUE, STATUSES, JobView, job_view
 
 
 @dataclass(eq=False, slots=True)
@@ -58,18 +51,11 @@ class JobRecord:
     def finished(self) -> bool:
         return self.status in FINAL_STATUSES
 
-    def view(self) -> dict[str, Any]:
-        """The body of ``/status``: RunPod's fields, times in whole milliseconds."""
-        body: dict[str, Any] = {"id": self.id, "status": self.status}
-        if self.started is not None:
-            body["delayTime"] = _ms(self.started - self.arrived)
-            if self.ended is not None:
-                body["executionTime"] = _ms(self.ended - self.started)
-        if self.status == COMPLETED:
-            body["output"] = self.output
-        elif self.error is not None:
-            body["error"] = self.error
-        return body
+    def view(self) -> JobView:
+        """The body of ``/status``."""
+        output = self.output if self.status == COMPLETED else None
+        return job_view(self.id, self.status, submitted_s=self.arrived, started_s=self.started, ended_s=self.ended,
+                        output=output, error=self.error)  # fmt: skip
 
 
 class JobStore:
@@ -172,7 +158,3 @@ _encode = msgspec.json.Encoder().encode
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
-
-
-def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))

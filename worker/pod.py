@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import msgspec
@@ -44,20 +44,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import InvalidInput, ServiceError, Unavailable
-from schemas import build_job_schema, explain_validation_error, malformed_json
+from schemas import build_job_schema
 from schemas.trace import TraceRecorder
 from worker.engine import NliEngine
-from worker.job_store import (
+from schemas.runpod import (
     CANCELLED,
     COMPLETED,
     FAILED,
     IN_PROGRESS,
     IN_QUEUE,
     TIMED_OUT,
-    JobRecord,
-    JobStore,
-    new_job_id,
+    JobView,
+    decode_run_request,
 )
+from worker.job_store import JobRecord, JobStore, new_job_id
 from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
@@ -119,47 +119,6 @@ def error_response(err: ServiceError, headers: dict[str, str] | None = None) -> 
 
 
 # ---- the request body ---------------------------------------------------------------------------
-
-
-class RunPolicy(msgspec.Struct, kw_only=True):
-    """RunPod's per-job ``policy``; only ``executionTimeout`` (ms) is acted on."""
-
-    executionTimeout: Annotated[int, msgspec.Meta(ge=1)] | None = None  # noqa: N815 - RunPod's name
-
-
-class RunRequest(msgspec.Struct, kw_only=True):
-    """RunPod's ``{"input": {...}, "policy": {...}}``; other top-level fields are ignored.
-
-    ``input`` stays raw JSON: ``admit_job`` decodes it straight into its operation, and
-    ``--record`` writes it back byte for byte.
-    """
-
-    input: msgspec.Raw = msgspec.Raw()
-    policy: RunPolicy | None = None
-
-    @property
-    def timeout_s(self) -> float | None:
-        timeout_ms = self.policy.executionTimeout if self.policy is not None else None
-        return None if timeout_ms is None else timeout_ms / 1000
-
-
-_request_decoder = msgspec.json.Decoder(RunRequest)
-
-
-def decode_run_request(body: bytes) -> RunRequest:
-    """The body as a ``RunRequest``, or ``InvalidInput`` naming the field at fault."""
-    if not body.strip():
-        raise InvalidInput('body: missing; send {"input": {"operation": ...}}')
-    try:
-        body.decode("utf-8")  # ``input`` stays raw below: its strings would be checked only later
-    except UnicodeDecodeError as err:
-        raise malformed_json(body) from err
-    try:
-        return _request_decoder.decode(body)
-    except msgspec.ValidationError as err:  # a subclass of DecodeError: catch it first
-        raise InvalidInput(explain_validation_error(str(err), root="body")) from err
-    except (msgspec.DecodeError, RecursionError) as err:  # RecursionError: JSON nested past Python's limit
-        raise malformed_json(body) from err
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -359,7 +318,7 @@ class PodApp:
         finally:
             self.store.finish(record, CANCELLED)  # a no-op unless it was cancelled
             view = record.view()
-            times = {"delay_ms": view["delayTime"], "execution_ms": view["executionTime"]}
+            times = {"delay_ms": view.delay_time_ms, "execution_ms": view.execution_time_ms}
             log.info("job_ended", **named, status=record.status, **times)
 
     def _end(self, record: JobRecord, outcome: JobOutcome) -> None:
@@ -424,7 +383,7 @@ def build_app(pod: PodApp) -> Starlette:
 
     async def run(request: Request) -> Response:
         record = await pod.submit(request)
-        return json_response({"id": record.id, "status": record.status})
+        return json_response(JobView(id=record.id, status=record.status))
 
     async def runsync(request: Request) -> Response:
         wait_ms = parse_wait_ms(request.query_params.get("wait"))
@@ -438,7 +397,7 @@ def build_app(pod: PodApp) -> Starlette:
 
     async def cancel(request: Request) -> Response:
         record = pod.cancel(request.path_params["job_id"])
-        return json_response({"id": record.id, "status": record.status})
+        return json_response(JobView(id=record.id, status=record.status))
 
     async def health(request: Request) -> Response:
         return json_response(pod.health())
