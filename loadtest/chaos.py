@@ -2,7 +2,7 @@
 
 The in-process scenarios drive ``NliEngine`` through the service path (``admit_job`` /
 ``finish_job``, as both front ends do) with faults injected by ``loadtest.faults``; the HTTP ones
-drive the pod server with ``worker.client``: uvicorn on a loopback port in this process
+drive the pod server with ``burst_nli_client``: uvicorn on a loopback port in this process
 (overload, soak), or ``python -m worker pod`` as a process that is killed and started again
 (restart). Each returns a ``ScenarioReport`` that accounts for every submitted job: each must end
 in exactly one terminal state (completed, failed, rejected, timed out or cancelled), none lost,
@@ -42,17 +42,17 @@ from loadtest.headlines import headlines
 from loadtest.stats import latency_summary_ms, percentile
 from schemas import DEFAULT_SCHEMA, Limits
 from schemas.trace import read_trace
-from worker.client import (
+from burst_nli_client import (
     REFUSED_STATUSES,
     Backoff,
     Client,
     ClientError,
     ConnectionFailed,
     HttpError,
-    Job,
+    SubmittedJob,
     JobCancelled,
     JobFailed,
-    JobStatus,
+    JobView,
     JobTimedOut,
     NotFound,
     RetryPolicy,
@@ -428,7 +428,7 @@ def http_client(base_url: str, *, retry: RetryPolicy = NO_RETRY, session: aiohtt
     return Client.for_pod(base_url, retry=retry, timeouts=HTTP_TIMEOUTS, max_connections=4096, session=session)
 
 
-async def http_job(client: Client, job_input: dict[str, Any], *, sync: bool) -> tuple[str | None, JobStatus | None]:
+async def http_job(client: Client, job_input: dict[str, Any], *, sync: bool) -> tuple[str | None, JobView | None]:
     """One job over HTTP, not retried: ``(state, its COMPLETED status or None)``; state None if
     it did not end in time.
 
@@ -625,7 +625,7 @@ async def worker_restart(
     it holds a burst (right after it accepts a 640-pair job, a third of the way in) and started
     again on the same port. Jobs arrive at ``jobs_per_s`` throughout.
 
-    Callers use ``worker.client`` as a caller would: it retries what is safe on its own
+    Callers use ``burst_nli_client`` as a caller would: it retries what is safe on its own
     (connection refused before sending; 503 while the new process loads its model). A submission
     it cannot vouch for (``SubmissionUncertain``: the connection died with the request sent) and
     a job the new process has never heard of (404: it died with the old one) are resubmitted by
@@ -720,7 +720,7 @@ async def worker_restart(
     return report
 
 
-async def _wait_through_restart(job: Job) -> tuple[str, Any]:
+async def _wait_through_restart(job: SubmittedJob) -> tuple[str, Any]:
     """Wait for a job across a restart: ``("completed", output)``, its end, or ``("lost", None)``
     when the server answering now has never heard of it."""
     while True:

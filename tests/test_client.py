@@ -1,4 +1,4 @@
-"""worker.client: retries, Retry-After, backoff and typed errors on a scripted server; then the real pod
+"""burst_nli_client: retries, Retry-After, backoff and typed errors on a scripted server; then the real pod
 server and the local RunPod queue (with a real serverless worker) on loopback."""
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import anyio
 import pytest
 from aiohttp import web
 
-from worker.client import (
+from burst_nli_client import (
     Backoff,
     Client,
     ConnectionFailed,
     HttpError,
     JobCancelled,
     JobFailed,
-    JobStatus,
+    JobView,
     JobTimedOut,
     NotFound,
     RetryPolicy,
@@ -136,7 +136,7 @@ async def test_run_wait_and_the_wire_format() -> None:
         job = await client.run(CLASSIFY, policy={"executionTimeout": 10_000})
         assert job.id == "job-1" and job.submitted.status == "IN_QUEUE"
         done = await job.wait(timeout_s=30)
-    assert done == JobStatus(id="job-1", status="COMPLETED", output={"is_opinion": False}, delay_time_ms=12,
+    assert done == JobView(id="job-1", status="COMPLETED", output={"is_opinion": False}, delay_time_ms=12,
                              execution_time_ms=30)  # fmt: skip
     method, path, headers, body = api.requests[0]
     assert (method, path) == ("POST", "/v2/endpoint/run")
@@ -152,7 +152,7 @@ async def test_status_cancel_health_and_ping() -> None:
     api.script("GET /ping", (204, "", {}))
     async with scripted_api(api) as url, make_client(url, sleeps) as client:
         assert (await client.status("abc")).status == "COMPLETED"
-        assert await client.cancel("abc") == JobStatus(id="abc", status="CANCELLED")
+        assert await client.cancel("abc") == JobView(id="abc", status="CANCELLED")
         assert await client.health() == {"jobs": {"inQueue": 0}, "workers": {"idle": 1}}
         assert await client.ping() is False  # 204: loading
         assert await client.ping() is True

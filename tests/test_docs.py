@@ -347,7 +347,7 @@ def test_bake_model_writes_a_loadable_directory(tmp_path: Path) -> None:
 
 
 def client_commands() -> list[Command]:
-    return block("CLIENT.md", "pip install --no-deps /path/to/burst-nli")
+    return block("CLIENT.md", "pip install /path/to/burst-nli/client")
 
 
 def test_the_client_installs_without_torch(tmp_path: Path) -> None:
@@ -356,8 +356,14 @@ def test_the_client_installs_without_torch(tmp_path: Path) -> None:
     activate = f"source {venv}/bin/activate; "
     for c in client_commands():
         sh(activate + c.text.replace("/path/to/burst-nli", str(ROOT)), tmp_path, timeout=300)
-    probe = "import sys, worker.client; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    probe = (
+        "import sys, burst_nli_client; from burst_nli_client import Client, JobView;"
+        " assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     sh(activate + f'python -c "{probe}"', tmp_path)
+    no_torch = subprocess.run(["bash", "-c", activate + 'python -c "import torch"'], cwd=tmp_path, env=_env(),
+                              capture_output=True, check=False)  # fmt: skip
+    assert no_torch.returncode != 0, "the client's environment must not hold torch"
 
 
 SCENARIOS = [serverless_commands, emulator_commands, pod_commands, trace_commands, bake_commands, client_commands]

@@ -125,3 +125,12 @@ def test_the_gpu_image_takes_a_cuda_build_of_torch() -> None:
     gpu = pins(LOCKS / "image-gpu.txt")
     assert "+" not in gpu["torch"], "PyPI's Linux torch (a CUDA build), not a local-version build"
     assert any(name.startswith("nvidia-") for name in gpu), "its CUDA libraries come locked with it"
+
+
+def test_the_client_distribution_asks_what_the_server_does() -> None:
+    """``client/pyproject.toml`` installs alone; its ranges are the server's, so both lock alike."""
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    server = {canonicalize_name(r.name): r for r in map(Requirement, PROJECT["dependencies"])}
+    for wanted in map(Requirement, client["dependencies"]):
+        assert canonicalize_name(wanted.name) in server, f"client/pyproject.toml: {wanted.name} is no server dependency"
+        assert wanted.specifier == server[canonicalize_name(wanted.name)].specifier, wanted.name

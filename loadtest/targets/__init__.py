@@ -9,7 +9,7 @@ provides ``open_target(spec, options) -> AbstractAsyncContextManager[Target]``:
 
 - ``inproc``: ``loadtest.targets.inproc``, the worker's service path in this process.
 - ``http://host:port`` (a pod) and ``runpod://ENDPOINT_ID`` (a RunPod endpoint, key from
-  ``RUNPOD_API_KEY``): ``loadtest.targets.api``, the RunPod job API over ``worker.client``
+  ``RUNPOD_API_KEY``): ``loadtest.targets.api``, the RunPod job API over ``burst_nli_client``
   (``/run`` + ``/status`` polling, or ``/runsync`` with ``--mode runsync``).
 
 A new kind of target is a module with that ``open_target`` and a line in ``_MODULES``.

@@ -1,4 +1,4 @@
-"""The ``http://host:port`` and ``runpod://ENDPOINT_ID`` targets: the RunPod job API, over ``worker.client``.
+"""The ``http://host:port`` and ``runpod://ENDPOINT_ID`` targets: the RunPod job API, over ``burst_nli_client``.
 
 A pod (``python -m worker pod``) and a RunPod serverless endpoint speak the same routes, so one
 target serves both: ``--mode run`` submits with ``/run`` and polls ``/status`` (what a queue
@@ -19,12 +19,12 @@ from typing import Any
 import anyio
 
 from loadtest.targets import COMPLETED, JobResult, TargetError, TargetOptions
-from worker.client import (
+from burst_nli_client import (
     Client,
     ClientError,
     ConnectionFailed,
     HttpError,
-    Job,
+    SubmittedJob,
     JobCancelled,
     JobFailed,
     JobTimedOut,
@@ -40,7 +40,7 @@ CANCEL_WITHIN_S = 5.0
 
 
 class ApiTarget:
-    """``submit`` sends one job through ``worker.client.Client`` and maps how it ended."""
+    """``submit`` sends one job through ``burst_nli_client.Client`` and maps how it ended."""
 
     batches = None
 

@@ -1,5 +1,5 @@
 """Scenario 8, worker restart: ``python -m worker pod`` as a real process, SIGKILLed mid-burst and
-started again on the same port, with callers on ``worker.client``.
+started again on the same port, with callers on ``burst_nli_client``.
 
 What a caller must do, and what this test holds the client and server to: the client retries
 on its own what cannot create a duplicate (a refused connection, a 503 while the new process

@@ -45,13 +45,12 @@ from typing import Any, Self
 import aiohttp
 import msgspec
 
+from schemas.runpod import CANCELLED, COMPLETED, FAILED, TIMED_OUT, JobView
+
 RUNPOD_API_URL = "https://api.runpod.ai/v2"
 RUNSYNC_WAIT_MS = (1000, 300_000)
 """RunPod's bounds for ``/runsync?wait=`` (milliseconds)."""
 
-IN_QUEUE, IN_PROGRESS = "IN_QUEUE", "IN_PROGRESS"
-COMPLETED, FAILED, CANCELLED, TIMED_OUT = "COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 REFUSED_STATUSES = frozenset({429, 503})
 """Answers that mean the server did not take the job: safe to resubmit."""
@@ -61,23 +60,7 @@ _CODE = re.compile(r"([a-z][a-z_]*): ")
 # --- what comes back ----------------------------------------------------------------------------
 
 
-class JobStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as ``/run``, ``/runsync``, ``/status`` and ``/cancel`` describe it."""
-
-    id: str
-    status: str
-    output: Any = None
-    error: Any = None
-    delay_time_ms: int | None = msgspec.field(default=None, name="delayTime")
-    """Queue time before a worker started it, as the server measured it."""
-    execution_time_ms: int | None = msgspec.field(default=None, name="executionTime")
-
-    @property
-    def done(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-
-_decode_status = msgspec.json.Decoder(JobStatus).decode
+_decode_view = msgspec.json.Decoder(JobView).decode
 _decode_any = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
@@ -133,16 +116,16 @@ class SubmissionUncertain(ClientError):
 class WaitTimeout(ClientError, TimeoutError):
     """``wait`` or ``runsync`` ran out of time; the job itself may still finish (or be cancelled)."""
 
-    def __init__(self, job_id: str, timeout_s: float, last: JobStatus | None) -> None:
+    def __init__(self, job_id: str, timeout_s: float, last: JobView | None) -> None:
         self.job_id, self.timeout_s, self.last = job_id, timeout_s, last
         seen = f", last seen {last.status}" if last is not None else ""
         super().__init__(f"job {job_id} did not finish within {timeout_s:g} s{seen}")
 
 
 class JobError(ClientError):
-    """A job ended without an output; ``status`` is its final ``JobStatus``."""
+    """A job ended without an output; ``status`` is its final ``JobView``."""
 
-    def __init__(self, status: JobStatus, message: str) -> None:
+    def __init__(self, status: JobView, message: str) -> None:
         self.job_id, self.status = status.id, status
         super().__init__(message)
 
@@ -150,7 +133,7 @@ class JobError(ClientError):
 class JobFailed(JobError):
     """The job ended FAILED; ``error`` is its error message, exactly as the server gave it."""
 
-    def __init__(self, status: JobStatus) -> None:
+    def __init__(self, status: JobView) -> None:
         error = status.error
         self.error: str = error if isinstance(error, str) else _encode(error).decode()
         super().__init__(status, f"job {status.id} failed: {self.error}")
@@ -169,18 +152,18 @@ class JobFailed(JobError):
 class JobTimedOut(JobError):
     """The job ended TIMED_OUT: it passed the endpoint's (or its policy's) execution timeout."""
 
-    def __init__(self, status: JobStatus) -> None:
+    def __init__(self, status: JobView) -> None:
         super().__init__(status, f"job {status.id} timed out on the server")
 
 
 class JobCancelled(JobError):
     """The job ended CANCELLED."""
 
-    def __init__(self, status: JobStatus) -> None:
+    def __init__(self, status: JobView) -> None:
         super().__init__(status, f"job {status.id} was cancelled")
 
 
-def raise_for_job(status: JobStatus) -> JobStatus:
+def raise_for_job(status: JobView) -> JobView:
     """Return a COMPLETED status; raise the matching JobError for any other final one."""
     if status.status == COMPLETED:
         return status
@@ -244,24 +227,24 @@ POLL = Backoff(initial_s=0.1, factor=1.5, max_s=2.0, jitter=0.25)
 # --- the client ---------------------------------------------------------------------------------
 
 
-class Job:
+class SubmittedJob:
     """A handle on a submitted job: its id, and ``status``/``wait``/``cancel`` through its client."""
 
-    def __init__(self, client: Client, submitted: JobStatus) -> None:
+    def __init__(self, client: Client, submitted: JobView) -> None:
         self.client = client
         self.id = submitted.id
         self.submitted = submitted
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r})"
+        return f"SubmittedJob(id={self.id!r})"
 
-    async def status(self) -> JobStatus:
+    async def status(self) -> JobView:
         return await self.client.status(self.id)
 
-    async def wait(self, *, timeout_s: float = 300.0) -> JobStatus:
+    async def wait(self, *, timeout_s: float = 300.0) -> JobView:
         return await self.client.wait(self.id, timeout_s=timeout_s)
 
-    async def cancel(self) -> JobStatus:
+    async def cancel(self) -> JobView:
         return await self.client.cancel(self.id)
 
 
@@ -345,15 +328,15 @@ class Client:
     # --- the API ---
 
     async def run(self, job_input: Mapping[str, Any], *, policy: Mapping[str, Any] | None = None,
-                  webhook: str | None = None) -> Job:  # fmt: skip
+                  webhook: str | None = None) -> SubmittedJob:  # fmt: skip
         """Submit a job (``POST /run``) and return its handle at once."""
         body = _request_body(job_input, policy, webhook)
-        return Job(self, await self._call_status("POST", "/run", body, submits=True))
+        return SubmittedJob(self, await self._call_status("POST", "/run", body, submits=True))
 
     async def runsync(
         self, job_input: Mapping[str, Any], *, wait_s: float = 90.0, timeout_s: float = 300.0,
         policy: Mapping[str, Any] | None = None,
-    ) -> JobStatus:  # fmt: skip
+    ) -> JobView:  # fmt: skip
         """Submit and wait (``POST /runsync?wait=``), polling ``/status`` if the server's wait runs out.
 
         Returns the COMPLETED status (``.output``); raises JobFailed, JobTimedOut, JobCancelled,
@@ -370,11 +353,11 @@ class Client:
             return raise_for_job(status)
         return await self.wait(status.id, timeout_s=max(timeout_s - (time.monotonic() - started), 0.0), last=status)
 
-    async def status(self, job_id: str) -> JobStatus:
+    async def status(self, job_id: str) -> JobView:
         """``GET /status/{id}``: where the job is, and its output or error once it has ended."""
         return await self._call_status("GET", f"/status/{job_id}")
 
-    async def wait(self, job_id: str, *, timeout_s: float = 300.0, last: JobStatus | None = None) -> JobStatus:
+    async def wait(self, job_id: str, *, timeout_s: float = 300.0, last: JobView | None = None) -> JobView:
         """Poll ``/status`` (backoff with jitter) until the job ends; the COMPLETED status, or raise."""
         attempt = 0
         try:
@@ -390,7 +373,7 @@ class Client:
                 raise
             raise WaitTimeout(job_id, timeout_s, last) from None
 
-    async def cancel(self, job_id: str) -> JobStatus:
+    async def cancel(self, job_id: str) -> JobView:
         """``POST /cancel/{id}``; an already-ended job keeps its status."""
         return await self._call_status("POST", f"/cancel/{job_id}")
 
@@ -409,10 +392,10 @@ class Client:
     # --- the HTTP underneath ---
 
     async def _call_status(self, method: str, path: str, body: bytes | None = None, *, submits: bool = False,
-                           extra_timeout_s: float = 0.0) -> JobStatus:  # fmt: skip
+                           extra_timeout_s: float = 0.0) -> JobView:  # fmt: skip
         raw = await self._call(method, path, body, submits=submits, extra_timeout_s=extra_timeout_s)
         try:
-            return _decode_status(raw)
+            return _decode_view(raw)
         except msgspec.DecodeError as err:
             raise ClientError(f"{method} {self.base_url}{path}: not a job status: {err}: {raw[:300]!r}") from err
 
