@@ -17,6 +17,7 @@ from loadtest.job_inputs import templated_article
 from loadtest.stats import latency_summary_ms
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
+from worker.engine_host import hosted_engine
 from worker.service import run_job
 from worker.settings import Settings
 
@@ -146,7 +147,7 @@ async def one_at_a_time(engine: NliEngine, schema: JobSchema, job_inputs: list[d
 async def run_burst(settings: Settings, *, jobs: int, idle_jobs: int = 10) -> BurstReport:
     """Time ``idle_jobs`` jobs one at a time, then ``jobs`` jobs submitted at once."""
     schema = build_job_schema(settings.limits)
-    async with NliEngine.start(settings) as engine:
+    async with hosted_engine(settings) as (engine, host):
         idle_latencies = await one_at_a_time(engine, schema, classify_jobs(idle_jobs))
         run = await burst(engine, schema, classify_jobs(jobs))
         return BurstReport(
@@ -163,8 +164,8 @@ async def run_burst(settings: Settings, *, jobs: int, idle_jobs: int = 10) -> Bu
             pairs_per_s=run.pairs / run.wall_s,
             latency_ms=latency_summary_ms(run.latencies_s),
             idle_latency_ms=latency_summary_ms(idle_latencies),
-            model_load_s=engine.startup.model_load_s,
-            warmup_s=engine.startup.warmup_s,
+            model_load_s=host.startup.model_load_s if host.startup else 0.0,
+            warmup_s=host.startup.warmup_s if host.startup else 0.0,
         )
 
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from batching import Overloaded
 from schemas import DEFAULT_SCHEMA
 from worker.engine import NliEngine
+from worker.engine_host import hosted_engine
 from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.service import admit_job, execute_job, finish_job
@@ -31,7 +32,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 async def test_jobs_batches_rejections_and_gauges_are_counted(tiny_model: NliModel) -> None:
     metrics = Metrics(CollectorRegistry())
     settings = Settings(device="cpu", max_queue_pairs=20)
-    async with NliEngine.start(settings, model=tiny_model, metrics=metrics) as engine:
+    async with hosted_engine(settings, model=tiny_model, metrics=metrics) as (engine, _):
         assert value(metrics, "nli_model_ready") == 1
         jobs = [{"operation": "classify", "headline": f"Apple Declares ${i}.25 Dividend"} for i in range(3)]
         async with anyio.create_task_group() as tg:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -286,9 +287,12 @@ async def _append_answer(answers: list, request) -> None:
 
 
 async def test_while_the_model_loads_ping_is_204_and_jobs_are_503(tiny_model) -> None:
-    loading = threading.Event()
+    loading, began = threading.Event(), threading.Event()
+    load_began: list[float] = []
 
     def load() -> NliModel:
+        load_began.append(time.perf_counter())
+        began.set()
         loading.wait(30)
         return tiny_model
 
@@ -297,8 +301,11 @@ async def test_while_the_model_loads_ping_is_204_and_jobs_are_503(tiny_model) ->
             ping = await client.get("/ping")
             run = await client.post("/run", json={"input": CLASSIFY})
             health = (await client.get("/health")).json()
+            await anyio.to_thread.run_sync(began.wait, 30)
+            held_s = time.perf_counter() - load_began[0]
             loading.set()
             await pod.wait_ready()
+            load_metric = pod.metrics.registry.get_sample_value("nli_model_load_seconds")
             ready_ping = await client.get("/ping")
             after = await client.post("/runsync", json={"input": CLASSIFY})
     finally:
@@ -309,6 +316,7 @@ async def test_while_the_model_loads_ping_is_204_and_jobs_are_503(tiny_model) ->
     assert health["model"]["ready"] is False and "queue" not in health
     assert ready_ping.status_code == 200 and ready_ping.json() == {"status": "healthy"}
     assert after.json()["status"] == COMPLETED
+    assert load_metric is not None and load_metric >= held_s  # the load as it took, not the engine's start
 
 
 async def test_a_model_that_fails_to_load_is_503_everywhere() -> None:

@@ -186,7 +186,7 @@ async def test_the_pod_command_serves_with_a_key_records_and_stops_on_sigterm(tm
     assert unauthorised.status_code == 401
     assert done["status"] == "COMPLETED" and done["output"]["headline"] == job["headline"]
     events = {line["event"] for line in lines}
-    assert {"engine_started", "pod_ready", "batch", "job_ended", "pod_stopped"} <= events
+    assert {"engine_started", "engine_ready", "batch", "job_ended", "pod_stopped"} <= events
     ended = next(line for line in lines if line["event"] == "job_ended")
     assert ended["job_id"] == done["id"] and ended["operation"] == "classify" and ended["level"] == "info"
     assert [recorded.input for recorded in read_trace(trace).jobs] == [job]

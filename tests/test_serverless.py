@@ -107,14 +107,15 @@ async def test_preload_warms_the_model_before_the_first_poll_and_the_engine_does
         worker.preload()  # what start() runs before the SDK asks RunPod for a job
     (loaded,) = [entry for entry in logs if entry["event"] == "model_loaded"]
     assert loaded["warmup_s"] > 0
-    model = worker._model
+    model = worker.host._model
     assert model is not None
     batches: list[object] = []
     run = model.run
     monkeypatch.setattr(model, "run", lambda batch: batches.append(batch) or run(batch))
     async with worker:
-        engine = await worker.ready()
-        assert batches == [] and round(engine.startup.warmup_s, 3) == loaded["warmup_s"]
+        await worker.ready()
+        assert worker.host.startup is not None
+        assert batches == [] and round(worker.host.startup.warmup_s, 3) == loaded["warmup_s"]
         assert "error" not in await worker.handler(classify_job("1", "x"))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import anyio
 import numpy as np
@@ -26,20 +26,16 @@ from worker.settings import Settings
 log = structlog.get_logger("worker.engine")
 
 
-@dataclass(frozen=True, slots=True)
-class StartupReport:
-    model_load_s: float
-    warmup_s: float
-
-
 class NliEngine:
-    """One model, one batcher. Start it with ``async with NliEngine.start(settings) as engine``."""
+    """One model, one batcher: ``async with NliEngine.start(settings, model=model) as engine``.
 
-    def __init__(self, model: NliModel, batcher: Batcher, settings: Settings, startup: StartupReport) -> None:
+    The front ends start it through ``worker.engine_host.EngineHost``, which loads, warms and
+    times the model first."""
+
+    def __init__(self, model: NliModel, batcher: Batcher, settings: Settings) -> None:
         self.model = model
         self.batcher = batcher
         self.settings = settings
-        self.startup = startup
         self.admission = Admission(model, batcher, settings.premise_cache_size)
 
     @classmethod
@@ -48,33 +44,19 @@ class NliEngine:
         cls,
         settings: Settings,
         *,
+        model: NliModel,
         on_batch: Callable[[BatchStats], None] | None = None,
-        model: NliModel | None = None,
         metrics: Metrics | None = None,
-        warmed_up_s: float | None = None,
     ) -> AsyncIterator[NliEngine]:
-        """Load (off the event loop) and warm the model, then run the batcher until exit.
+        """Run the batcher over ``model`` until exit.
 
         Every batch is logged (one line: pairs, tokens, padding efficiency, ms) and, with
-        ``metrics``, observed; ``on_batch`` sees it too. ``model`` skips loading: tests share one
-        already-loaded model across engines. ``warmed_up_s``: the model was warmed already (the
-        serverless worker does it before its first poll), in that many seconds.
+        ``metrics``, observed; ``on_batch`` sees it too.
         """
-        started = anyio.current_time()
-        if model is None:
-            model = await anyio.to_thread.run_sync(
-                lambda: NliModel.load(settings.model_name, device=settings.device, dtype=settings.dtype)
-            )
-        loaded = anyio.current_time()
         # The batcher budgets padded lengths as the model pads them.
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
         policy = replace(policy, length_multiple=model.length_multiple)
-        if warmed_up_s is None:
-            warmup_s = await anyio.to_thread.run_sync(model.warm_up, settings.warmup_max_len)
-        else:
-            warmup_s = warmed_up_s
         _freeze_startup_objects()
-        startup = StartupReport(model_load_s=loaded - started, warmup_s=warmup_s)
         log.info(
             "engine_started",
             model=model.name,
@@ -83,8 +65,6 @@ class NliEngine:
             labels=list(model.labels),
             max_batch_tokens=policy.max_batch_tokens,
             max_batch_pairs=policy.max_batch_items,
-            model_load_s=round(startup.model_load_s, 3),
-            warmup_s=round(warmup_s, 3),
         )
 
         def observe(batch: BatchStats) -> None:
@@ -95,11 +75,10 @@ class NliEngine:
                 on_batch(batch)
 
         async with Batcher(model, policy, on_batch=observe) as batcher, anyio.create_task_group() as tasks:
-            engine = cls(model, batcher, settings, startup)
+            engine = cls(model, batcher, settings)
             tasks.start_soon(engine.admission.run, name="nli-admission")
             tasks.start_soon(engine.admission.serve_waiting_room, name="nli-waiting-room")
             if metrics is not None:
-                metrics.observe_startup(startup.model_load_s, startup.warmup_s)
                 metrics.watch_queue(
                     lambda: engine.queued_pairs, lambda: engine.queued_tokens, lambda: engine.inflight_jobs
                 )
@@ -108,8 +87,6 @@ class NliEngine:
             finally:
                 tasks.cancel_scope.cancel()
                 engine.admission.refuse_admitted()
-                if metrics is not None:
-                    metrics.model_ready.set(0)
 
     @property
     def labels(self) -> tuple[str, ...]:

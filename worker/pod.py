@@ -16,7 +16,6 @@ enter it (``serve``). Every ``ServiceError`` becomes an HTTP response in ``error
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import ipaddress
 import logging
@@ -47,6 +46,7 @@ from batching import InvalidInput, ServiceError, Unavailable
 from schemas import build_job_schema
 from schemas.trace import TraceRecorder
 from worker.engine import NliEngine
+from worker.engine_host import EngineHost
 from schemas.runpod import (
     CANCELLED,
     COMPLETED,
@@ -170,19 +170,11 @@ class PodApp:
         self.store = JobStore(ttl_s=settings.job_ttl_s, max_finished=settings.max_finished_jobs,
                               max_bytes=settings.max_finished_bytes, clock=clock)  # fmt: skip
         self.metrics.watch_job_store(lambda: len(self.store), lambda: self.store.finished_bytes)
-        self.engine: NliEngine | None = None
-        self.failure: Unavailable | None = None
-        """Why the model or engine stopped, once it has."""
+        self.host = EngineHost(settings, model=model, load_model=load_model, metrics=self.metrics)
         self.closing = False
         self.drain_over = anyio.Event()
         """Set once a drain has ended: open ``/runsync`` waits answer with the job as it stands."""
-        self._model = model
-        self._load_model = load_model or functools.partial(
-            NliModel.load, settings.model_name, device=settings.device, dtype=settings.dtype
-        )
         self._task_group: TaskGroup | None = None
-        self._ready: anyio.Event | None = None
-        self._stop: anyio.Event | None = None
         self.app = build_app(self)
 
     # ---- lifetime ---------------------------------------------------------------------------
@@ -190,17 +182,16 @@ class PodApp:
     async def __aenter__(self) -> PodApp:
         if self._task_group is not None:
             raise RuntimeError("this PodApp is already running")
-        self._ready, self._stop = anyio.Event(), anyio.Event()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._serve_engine, name="nli-engine")
+        self._task_group.start_soon(self.host.serve, name="nli-engine")
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
         """Stop taking jobs and stop the engine: jobs still in flight fail ``unavailable``."""
-        assert self._task_group is not None and self._stop is not None
+        assert self._task_group is not None
         self.closing = True
-        self._stop.set()
+        self.host.stop()
         if self.engine is None:  # still loading (or failed): nothing to wait for
             self._task_group.cancel_scope.cancel()
         try:
@@ -233,36 +224,17 @@ class PodApp:
 
     async def wait_ready(self) -> NliEngine:
         """Wait until the engine serves jobs; raises ``Unavailable`` if it failed to start."""
-        assert self._ready is not None, "enter the PodApp first"
-        await self._ready.wait()
-        if self.engine is None:
-            raise self.failure or Unavailable("the engine has stopped")
-        return self.engine
+        assert self._task_group is not None, "enter the PodApp first"
+        return await self.host.wait_ready()
 
-    async def _serve_engine(self) -> None:
-        assert self._ready is not None and self._stop is not None
-        try:
-            model = self._model or await self._load()
-            async with NliEngine.start(self.settings, model=model, metrics=self.metrics) as engine:
-                self.engine = engine
-                self._ready.set()
-                log.info("pod_ready", model=model.name, device=str(model.device))
-                await self._stop.wait()
-        except Exception as err:
-            what = "the engine failed" if self._ready.is_set() else "model failed to load"
-            log.exception("engine_failed" if self._ready.is_set() else "model_load_failed")
-            self.failure = Unavailable(f"{what}: {type(err).__name__}: {err}")
-        finally:
-            self.engine = None
-            self._ready.set()
+    @property
+    def engine(self) -> NliEngine | None:
+        return self.host.engine
 
-    async def _load(self) -> NliModel:
-        started = time.perf_counter()
-        model = await anyio.to_thread.run_sync(self._load_model, abandon_on_cancel=True)
-        load_s = time.perf_counter() - started
-        self.metrics.model_load.set(load_s)  # the engine is handed a loaded model: it reports 0
-        log.info("model_loaded", model=model.name, model_load_s=round(load_s, 3))
-        return model
+    @property
+    def failure(self) -> Unavailable | None:
+        """Why the model or engine stopped, once it has."""
+        return self.host.failure
 
     # ---- jobs -------------------------------------------------------------------------------
 

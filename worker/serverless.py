@@ -1,12 +1,10 @@
-"""The RunPod serverless front end: an async handler over one lazily started engine.
+"""The RunPod serverless front end: an async handler over one engine, hosted for the worker's life.
 
 The SDK owns the event loop (``asyncio.run`` inside ``runpod.serverless.start``; uvicorn's loop
 under ``--rp_serve_api``), so the engine cannot be started before it: the first job starts it
-(``start`` loads the model's weights beforehand; the engine then only warms up and runs).
-The engine's batcher runs an anyio task group, which must be entered and left by the same task,
-so it lives in one background task for the worker's life instead of inside any job's task.
-Concurrent first jobs all wait for the same readiness event; a model that fails to load is logged
-once and answers every job with ``unavailable``.
+(``start`` loads and warms the model beforehand; the engine then only runs). ``EngineHost`` keeps
+the engine in one background task, so concurrent first jobs wait for the same readiness and a
+model that failed to load answers every job with ``unavailable``.
 """
 
 from __future__ import annotations
@@ -14,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from typing import Any
 
-import anyio
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
 from batching import Unavailable
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
+from worker.engine_host import EngineHost
 from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.service import run_job
@@ -33,19 +30,13 @@ log = structlog.get_logger("worker.serverless")
 
 
 class ServerlessWorker:
-    """Settings, an optional already-loaded model, and the engine started on the first job."""
+    """Settings, the engine's host, and the task that runs it from the first job on."""
 
     def __init__(self, settings: Settings, *, model: NliModel | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.schema: JobSchema = build_job_schema(settings.limits)
-        self._model = model
-        self._load_s: float | None = None
-        self._warmup_s: float | None = None
-        self._engine: NliEngine | None = None
-        self._failure: Unavailable | None = None
-        self._ready: anyio.Event | None = None
-        self._stop: anyio.Event | None = None
+        self.host = EngineHost(settings, model=model, metrics=metrics)
         self._task: asyncio.Task[None] | None = None
 
     def preload(self) -> None:
@@ -53,28 +44,14 @@ class ServerlessWorker:
 
         A worker polls for jobs only once this returns, so the first jobs of a cold start wait in
         RunPod's queue (where another worker may take them) rather than on this worker's model
-        load and warm-up, and the cold start RunPod sees ends when the worker can serve. A failure
-        is logged and kept: every job then answers ``unavailable``.
+        load and warm-up, and the cold start RunPod sees ends when the worker can serve.
         """
-        if self._model is not None or self._failure is not None:
-            return
-        settings = self.settings
-        started = time.perf_counter()
-        try:
-            self._model = NliModel.load(settings.model_name, device=settings.device, dtype=settings.dtype)
-        except Exception as err:
-            log.exception("model_load_failed", model=settings.model_name)
-            self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
-            return
-        self._load_s = time.perf_counter() - started
-        self._warmup_s = self._model.warm_up(settings.warmup_max_len)
-        log.info("model_loaded", model=settings.model_name, model_load_s=round(self._load_s, 3),
-                 warmup_s=round(self._warmup_s, 3))  # fmt: skip
+        self.host.preload()
 
     @property
     def engine(self) -> NliEngine | None:
         """The running engine; None until the first job has started it (or after it failed)."""
-        return self._engine
+        return self.host.engine
 
     async def handler(self, job: dict[str, Any]) -> dict[str, Any]:
         """A RunPod job ``{"id", "input"}`` to its output dict or ``{"error": ...}``."""
@@ -89,45 +66,15 @@ class ServerlessWorker:
 
     async def ready(self) -> NliEngine:
         """Start the engine if no job has yet, wait until it runs, and return it."""
-        if self._ready is None:
-            self._ready, self._stop = anyio.Event(), anyio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._serve(), name="nli-engine")
-        await self._ready.wait()
-        if self._engine is None:
-            raise self._failure or Unavailable("the engine has stopped")
-        return self._engine
-
-    async def _serve(self) -> None:
-        assert self._ready is not None and self._stop is not None
-        if self._failure is not None:  # preload failed; it is logged already
-            self._ready.set()
-            return
-        try:
-            async with NliEngine.start(
-                self.settings, model=self._model, metrics=self.metrics, warmed_up_s=self._warmup_s
-            ) as engine:
-                self._engine = engine
-                if self.metrics is not None and self._load_s is not None:
-                    self.metrics.model_load.set(self._load_s)  # the engine saw a loaded model
-                self._ready.set()
-                await self._stop.wait()
-        except Exception as err:
-            if self._ready.is_set():
-                log.exception("engine_failed")
-                self._failure = Unavailable(f"the engine failed: {type(err).__name__}: {err}")
-            else:
-                log.exception("model_load_failed", model=self.settings.model_name)
-                self._failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
-        finally:
-            self._engine = None
-            self._ready.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.host.serve(), name="nli-engine")
+        return await self.host.wait_ready()
 
     async def aclose(self) -> None:
         """Stop the engine (if started) and wait for it: the batcher fails what is in flight."""
         if self._task is None:
             return
-        assert self._stop is not None
-        self._stop.set()
+        self.host.stop()
         await self._task
 
     async def __aenter__(self) -> ServerlessWorker:

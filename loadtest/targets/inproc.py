@@ -19,6 +19,7 @@ from batching import BatchStats
 from loadtest.targets import BatchRecord, JobResult, TargetError, TargetOptions
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
+from worker.engine_host import hosted_engine
 from worker.model import NliModel
 from worker.service import execute_job
 from worker.settings import Settings, SettingsError
@@ -57,7 +58,7 @@ class InprocTarget:
                 )
             )
 
-        async with NliEngine.start(settings, model=model, on_batch=record) as engine:
+        async with hosted_engine(settings, model=model, on_batch=record) as (engine, _):
             yield cls(engine, build_job_schema(settings.limits), batches)
 
 
