@@ -281,10 +281,10 @@ def check(images: dict[str, dict[str, Stage]], copies: list[str], work: Path, py
             step(f"{kind}: pod mode by changing the command: {shlex.join(pod)} ok")
         else:
             run([*cmd, "--help"], env=env, cwd=home)
-            if list(venv.glob("lib/python*/site-packages/worker/pod.py")):
+            if list(venv.glob("lib/python*/site-packages/worker/pod/__init__.py")):
                 check_pod(cmd, final.healthcheck(), env, home)
             else:
-                step(f"{kind}: worker/pod.py is not there yet: the live pod and HEALTHCHECK check is skipped")
+                step(f"{kind}: worker/pod/ is not there yet: the live pod and HEALTHCHECK check is skipped")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,245 @@
+"""The pod's state: the engine's host, the jobs and their tasks, and the drain.
+
+``submit`` reads, decodes and admits a job synchronously through the service path the serverless
+handler uses (``admit_job``), so a bad job, a full queue or a loading model is refused at once,
+then finishes it in a background task. Jobs live in a ``JobStore`` (statuses, retention);
+``cancel`` cancels a job's task, and the batcher drops its queued pairs as the cancellation passes
+through it. The engine loads in the host's background task while HTTP already answers. Enter a
+``PodApp`` with ``async with`` (tests, httpx's ``ASGITransport``, which runs no lifespan) or let
+uvicorn's lifespan enter it (``serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
+from starlette.requests import Request
+
+from batching import ServiceError, Unavailable
+from schemas import build_job_schema
+from schemas.runpod import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, TIMED_OUT, decode_run_request
+from schemas.trace import TraceRecorder
+from worker.engine import NliEngine
+from worker.engine_host import EngineHost
+from worker.job_store import JobRecord, JobStore, new_job_id
+from worker.metrics import Metrics
+from worker.model import NliModel
+from worker.pod.http import NotFound
+from worker.pod.requests import read_body
+from worker.pod.routes import build_app
+from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.pod")
+_levels = logging.getLogger("worker.pod")  # asked before a per-job debug line (see worker.service)
+
+DRAIN_READ_S = 2.5
+"""After the last job in flight has ended, the results stay readable this long before the
+process exits: longer than the project's client waits between two polls (2 s at most)."""
+
+
+class PodApp:
+    """The pod server's state and its ASGI app (``.app``); enter it to start the engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: NliModel | None = None,
+        load_model: Callable[[], NliModel] | None = None,
+        metrics: Metrics | None = None,
+        recorder: TraceRecorder | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``model`` skips loading (tests share one); ``load_model`` replaces ``NliModel.load``;
+        ``clock`` times jobs and their retention (tests move it instead of sleeping)."""
+        self.settings = settings
+        self.metrics = metrics or Metrics(CollectorRegistry())
+        self.recorder = recorder
+        self.schema = build_job_schema(settings.limits)
+        self.store = JobStore(ttl_s=settings.job_ttl_s, max_finished=settings.max_finished_jobs,
+                              max_bytes=settings.max_finished_bytes, clock=clock)  # fmt: skip
+        self.metrics.watch_job_store(lambda: len(self.store), lambda: self.store.finished_bytes)
+        self.host = EngineHost(settings, model=model, load_model=load_model, metrics=self.metrics)
+        self.closing = False
+        self.drain_over = anyio.Event()
+        """Set once a drain has ended: open ``/runsync`` waits answer with the job as it stands."""
+        self._task_group: TaskGroup | None = None
+        self.app = build_app(self)
+
+    # ---- lifetime ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> PodApp:
+        if self._task_group is not None:
+            raise RuntimeError("this PodApp is already running")
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self.host.serve, name="nli-engine")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        """Stop taking jobs and stop the engine: jobs still in flight fail ``unavailable``."""
+        assert self._task_group is not None
+        self.closing = True
+        self.host.stop()
+        if self.engine is None:  # still loading (or failed): nothing to wait for
+            self._task_group.cancel_scope.cancel()
+        try:
+            return await self._task_group.__aexit__(*exc_info)
+        finally:
+            log.info("pod_stopped", jobs=self.store.counts())
+
+    @property
+    def entered(self) -> bool:
+        return self._task_group is not None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking jobs (``/ping`` and new jobs 503) and let those in flight finish, for
+        ``timeout_s`` at most; then keep their results readable for ``DRAIN_READ_S``.
+
+        The pod is then ready to exit: what is still in flight ends ``unavailable`` as the
+        engine stops.
+        """
+        self.closing = True
+        in_flight = self.store.in_flight()
+        log.info("pod_draining", jobs_in_flight=len(in_flight), timeout_s=timeout_s)
+        with anyio.move_on_after(timeout_s):
+            for record in in_flight:
+                await record.done.wait()
+            if in_flight:
+                await anyio.sleep(DRAIN_READ_S)
+        left = len(self.store.in_flight())
+        log.info("pod_drained", jobs_left=left, jobs=self.store.counts())
+        self.drain_over.set()
+
+    async def wait_ready(self) -> NliEngine:
+        """Wait until the engine serves jobs; raises ``Unavailable`` if it failed to start."""
+        assert self._task_group is not None, "enter the PodApp first"
+        return await self.host.wait_ready()
+
+    @property
+    def engine(self) -> NliEngine | None:
+        return self.host.engine
+
+    @property
+    def failure(self) -> Unavailable | None:
+        """Why the model or engine stopped, once it has."""
+        return self.host.failure
+
+    # ---- jobs -------------------------------------------------------------------------------
+
+    def serving_engine(self) -> NliEngine:
+        """The engine, or the ``Unavailable`` a job is refused with (503, Retry-After)."""
+        if self.closing or self._task_group is None:
+            raise Unavailable("the server is shutting down" if self.closing else "the server is not started")
+        if self.engine is None:
+            raise self.failure or Unavailable("the model is loading; retry shortly")
+        return self.engine
+
+    async def submit(self, request: Request) -> JobRecord:
+        """Read, decode and admit a job now (or raise why not), then run it in the background."""
+        try:
+            engine = self.serving_engine()
+            body = decode_run_request(await read_body(request, self.settings.max_body_bytes))
+        except ServiceError as err:  # refused before it was a job: no operation to count it under
+            log.info("request_refused", path=request.url.path, error=str(err), code=err.code)
+            self.metrics.observe_rejection(err.code)
+            raise
+        job_id = new_job_id()
+        job_input = body.input if len(body.input) else None
+        admitted = admit_job(
+            engine, self.schema, job_input, job_id=job_id, metrics=self.metrics, timeout_s=body.timeout_s
+        )
+        await accept_job(admitted)  # its tokens counted too: a job that does not fit is a 429 now
+        record = self.store.add(admitted.operation, job_id)
+        self._record(body.input)
+        assert self._task_group is not None
+        self._task_group.start_soon(self._run_job, record, admitted, name=f"job {job_id}")
+        if _levels.isEnabledFor(logging.DEBUG):
+            log.debug("job_accepted", job_id=job_id, operation=admitted.operation, pairs=len(admitted.plan.pairs),
+                      timeout_s=body.timeout_s)  # fmt: skip
+        return record
+
+    def _record(self, job_input: msgspec.Raw) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record(job_input)
+        except Exception:  # a full disk must not fail the job it was recording
+            log.exception("record_failed", path=str(self.recorder.path))
+
+    async def _run_job(self, record: JobRecord, admitted: AdmittedJob) -> None:
+        named = {"job_id": record.id, "operation": record.operation}  # named, not bound: see service.admit_job
+        try:
+            with record.scope:
+                self.store.start(record)
+                self._end(record, await finish_job(admitted))
+        except Exception:  # a bug here must not take the task group, and the server, down
+            log.exception("job_crashed", **named)
+            self.store.finish(record, FAILED, error=f"internal: unexpected error; see the log (job {record.id})")
+        finally:
+            self.store.finish(record, CANCELLED)  # a no-op unless it was cancelled
+            view = record.view()
+            times = {"delay_ms": view.delay_time_ms, "execution_ms": view.execution_time_ms}
+            log.info("job_ended", **named, status=record.status, **times)
+
+    def _end(self, record: JobRecord, outcome: JobOutcome) -> None:
+        if outcome.error is None:
+            self.store.finish(record, COMPLETED, output=outcome.output)
+        else:
+            status = TIMED_OUT if outcome.error.code == "timed_out" else FAILED
+            self.store.finish(record, status, error=str(outcome.error))
+
+    def job(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise NotFound(
+                f"no job {job_id[:64]!r}: never accepted, or finished more than "
+                f"JOB_TTL_S={self.settings.job_ttl_s:g} s (or MAX_FINISHED_JOBS jobs or MAX_FINISHED_BYTES) ago"
+            )
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job that has not ended (its queued pairs are dropped); an ended one stays."""
+        record = self.job(job_id)
+        if self.store.finish(record, CANCELLED):
+            record.scope.cancel()
+            log.info("job_cancel_requested", job_id=record.id, operation=record.operation)
+        return record
+
+    # ---- views --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``/health``: RunPod's job counts (camelCase, as its endpoints answer), the model, the queue."""
+        counts = self.store.counts()
+        engine = self.engine
+        model = engine.model if engine is not None else None
+        body: dict[str, Any] = {
+            "jobs": {
+                "inQueue": counts[IN_QUEUE],
+                "inProgress": counts[IN_PROGRESS],
+                "completed": counts[COMPLETED],
+                "failed": counts[FAILED],
+                "cancelled": counts[CANCELLED],
+                "timedOut": counts[TIMED_OUT],
+            },
+            "model": {
+                "name": self.settings.model_name,
+                "device": str(model.device) if model is not None else self.settings.device,
+                "dtype": str(model.dtype).removeprefix("torch.") if model is not None else self.settings.dtype,
+                "ready": engine is not None and not self.closing,
+            },
+        }
+        if engine is not None:
+            body["queue"] = {"pairs": engine.queued_pairs, "tokens": engine.queued_tokens}
+        if self.failure is not None:
+            body["model"]["error"] = str(self.failure)
+        return body

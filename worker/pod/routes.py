@@ -1,0 +1,113 @@
+"""The pod's routes over a ``PodApp``: RunPod's job API, health, ping and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from batching import ServiceError, Unavailable
+from schemas.runpod import JobView
+from worker.pod.auth import BearerAuth
+from worker.pod.http import MethodNotAllowed, NotFound, error_response, json_response
+from worker.pod.requests import parse_wait_ms
+
+if TYPE_CHECKING:
+    from worker.pod.app import PodApp
+
+
+def build_app(pod: PodApp) -> Starlette:
+    """The ASGI app over ``pod``; its lifespan enters ``pod`` unless something already has."""
+
+    async def run(request: Request) -> Response:
+        record = await pod.submit(request)
+        return json_response(JobView(id=record.id, status=record.status))
+
+    async def runsync(request: Request) -> Response:
+        wait_ms = parse_wait_ms(request.query_params.get("wait"))
+        record = await pod.submit(request)
+        with anyio.move_on_after(wait_ms / 1000):
+            await _first_of(record.done, pod.drain_over)  # a drain's end answers with the job as it is
+        return json_response(record.view())
+
+    async def status(request: Request) -> Response:
+        return json_response(pod.job(request.path_params["job_id"]).view())
+
+    async def cancel(request: Request) -> Response:
+        record = pod.cancel(request.path_params["job_id"])
+        return json_response(JobView(id=record.id, status=record.status))
+
+    async def health(request: Request) -> Response:
+        return json_response(pod.health())
+
+    async def ping(request: Request) -> Response:
+        if pod.engine is not None and not pod.closing:
+            return json_response({"status": "healthy"})
+        if pod.failure is None and not pod.closing:
+            return Response(status_code=204)  # loading: RunPod's load balancer waits
+        return error_response(pod.failure or Unavailable("the server is shutting down"))
+
+    async def metrics(request: Request) -> Response:
+        encode, content_type = choose_encoder(request.headers.get("accept"))
+        return Response(encode(pod.metrics.registry), headers={"Content-Type": content_type})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if pod.entered:  # by its owner (tests, an in-process server)
+            yield
+            return
+        async with pod:
+            yield
+
+    routes = [
+        Route("/run", run, methods=["POST"]),
+        Route("/runsync", runsync, methods=["POST"]),
+        Route("/status/{job_id}", status, methods=["GET", "POST"]),
+        Route("/cancel/{job_id}", cancel, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    middleware = [Middleware(BearerAuth, api_key=pod.settings.api_key)] if pod.settings.api_key else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ServiceError: _service_error, HTTPException: _http_error},  # type: ignore[dict-item]
+        lifespan=lifespan,
+    )
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
+
+
+async def _service_error(request: Request, err: ServiceError) -> Response:
+    return error_response(err)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404 (no such route) and 405 (wrong method), as our JSON errors."""
+    path = request.url.path
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return error_response(MethodNotAllowed(f"{request.method} {path}; allowed: {allowed}"), exc.headers)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route {path}"))
+    return json_response({"error": f"http_{exc.status_code}: {exc.detail}"}, exc.status_code, exc.headers)

@@ -1,0 +1,146 @@
+"""Running the pod: uvicorn in this event loop (tests, in-process load tests) or as the command.
+
+The command's first SIGTERM or SIGINT drains the pod before uvicorn shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import structlog
+import uvicorn
+
+from schemas.trace import TraceRecorder
+from worker.model import NliModel
+from worker.pod.app import PodApp
+from worker.pod.auth import bind_refusal
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.pod")
+
+GRACEFUL_SHUTDOWN_S = 30.0
+"""Once the drain is over, uvicorn lets open requests finish for this long."""
+
+
+@asynccontextmanager
+async def running_server(
+    settings: Settings, *, model: NliModel | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """``async with running_server(settings) as base_url:`` uvicorn in this event loop (IPv4).
+
+    For tests and in-process load tests: the socket is bound first (``port=0`` picks a free one)
+    and listens before uvicorn starts, so clients may connect at once; the block starts once
+    the engine serves jobs. Leaving it stops the server, then the engine.
+    """
+    import socket
+
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it, and without it
+    # small responses wait on Nagle's algorithm (about 40 ms a request under load).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
+        sock.bind((host, port))
+        sock.listen(2048)  # the backlog holds early connections until uvicorn accepts them
+        bound_host, bound_port = sock.getsockname()
+        async with PodApp(settings, model=model) as pod:
+            await pod.wait_ready()
+            config = uvicorn.Config(
+                pod.app, log_config=None, access_log=False, lifespan="off", ws="none",
+                timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )  # fmt: skip
+            server = uvicorn.Server(config)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.serve, [sock])
+                try:
+                    yield f"http://{bound_host}:{bound_port}"
+                finally:
+                    server.should_exit = True
+
+
+def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, record: str | None = None) -> int:
+    """Run the pod server until SIGINT/SIGTERM; the exit status (2: refused to start).
+
+    The HTTP server answers before the model has loaded (``/ping`` 204, jobs 503). The first
+    SIGTERM or SIGINT drains the pod (``PodApp.drain``: ``/ping`` and new jobs 503, jobs in
+    flight finish within ``DRAIN_TIMEOUT_S``); then uvicorn lets open requests finish
+    (``GRACEFUL_SHUTDOWN_S``), the engine stops and jobs still in flight end FAILED
+    ``unavailable``. Logging is ours (configured by the caller); the
+    access log is on only at LOG_LEVEL=DEBUG.
+    """
+    refusal = bind_refusal(host, settings, insecure=insecure)
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        recorder = TraceRecorder(record) if record else None
+    except (OSError, ValueError) as err:
+        print(f"error: --record {record}: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("uvicorn").setLevel(logging.NOTSET)  # importing runpod held it at WARNING
+    pod = PodApp(settings, recorder=recorder)
+    config = uvicorn.Config(
+        pod.app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=settings.log_level.upper() == "DEBUG",
+        lifespan="on",
+        ws="none",
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = _DrainingServer(config, pod)
+    log.info("pod_starting", host=host, port=port, auth=settings.api_key is not None, record=record)
+    try:
+        with _signals_end_quietly():
+            server.run()
+    finally:
+        if recorder is not None:
+            recorder.close()
+    return 0 if server.started else 1
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM or SIGINT drains the pod (``PodApp.drain``) before it shuts
+    down; a second one shuts down at once, a third forces it."""
+
+    def __init__(self, config: uvicorn.Config, pod: PodApp) -> None:
+        super().__init__(config)
+        self.pod = pod
+        self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.draining or not self.pod.entered or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self.draining = True
+        loop = asyncio.get_running_loop()  # signal handlers run on the loop's thread
+        self._drain_task = loop.create_task(self._drain_then_exit(sig, frame))
+
+    async def _drain_then_exit(self, sig: int, frame: Any) -> None:
+        try:
+            await self.pod.drain(self.pod.settings.drain_timeout_s)
+        finally:
+            super().handle_exit(sig, frame)
+
+
+@contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """Exit 0 after a graceful shutdown on SIGINT/SIGTERM.
+
+    uvicorn shuts down on the signal, then raises it again for the handler it found installed:
+    Python's default would print a KeyboardInterrupt traceback (SIGINT) or kill the process
+    (SIGTERM) after the work is done, so that handler is a no-op while it serves.
+    """
+    quiet = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in quiet.items():
+            signal.signal(sig, handler)
