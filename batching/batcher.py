@@ -416,6 +416,7 @@ class Batcher(Generic[P, C, R]):
             max_items=self.policy.max_batch_items,
             window=len(window),
             multiple=self.policy.length_multiple,
+            cap=self.policy.max_padded_len,
             pinned=pinned,
         )
         if len(chosen) == len(window):  # the whole window (chosen in order): nothing to put back
@@ -557,7 +558,7 @@ class Batcher(Generic[P, C, R]):
                 await self._run_entries(alive, None, None, 0.0, thread)
 
     def _shrink_budget(self) -> None:
-        floor = padded_length(1, self.policy.length_multiple)
+        floor = padded_length(1, self.policy.length_multiple, self.policy.max_padded_len)
         self._budget_tokens = max(floor, self._budget_tokens // 2)
         self._batches_since_shrink = 0
         self.stats.budget_shrinks += 1
@@ -579,7 +580,7 @@ class Batcher(Generic[P, C, R]):
         costs = [e.cost for e in entries]
         if rows is not None:  # the tokens that ran: each distinct payload's once
             costs = list({row: cost for row, cost in zip(rows, costs)}.values())
-        padded_len = padded_length(max(costs), self.policy.length_multiple)
+        padded_len = padded_length(max(costs), self.policy.length_multiple, self.policy.max_padded_len)
         first_queued = min(e.enqueued_at for e in entries)
         idle_since = max(self._last_batch_end or first_queued, first_queued)
         batch = BatchStats(

@@ -1,8 +1,10 @@
 """The batch policy: pure functions over queued items' costs, so they can be tested on plain lists.
 
 An item's cost is its sequence length in tokens. A batch runs padded to its longest item, rounded
-up to a multiple of ``length_multiple`` (the shapes the model runner compiles and warms), so the
-budget is in *padded* tokens: ``n × padded_len ≤ max_batch_tokens``.
+up to a multiple of ``length_multiple`` (the shapes the model runner compiles and warms) but never
+past ``max_padded_len`` (the model's position limit), so the budget is in *padded* tokens:
+``n × padded_len ≤ max_batch_tokens``. ``padded_length`` is the one rule, and the model runner
+pads with it too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class BatchPolicy:
     """While the runner is busy, the longest a queued item waits before its batch is prepared."""
     length_multiple: int = 8
     """Padded lengths are multiples of this (the runner pads the same way)."""
+    max_padded_len: int | None = None
+    """Padded lengths never exceed this: the model's position embeddings (None: no cap)."""
     max_queue_items: int = 50_000
     """Admission: items queued across all jobs; past it, jobs are refused with ``overloaded``."""
     max_queue_tokens: int = 2_000_000
@@ -49,14 +53,16 @@ MIN_WHOLE_EFFICIENCY = 0.5
 """Below this share of real tokens, a window that fits one batch is still split by length."""
 
 
-def padded_length(cost: int, multiple: int) -> int:
-    """The sequence length an item of ``cost`` tokens runs at."""
-    return -(-cost // multiple) * multiple
+def padded_length(cost: int, multiple: int, cap: int | None = None) -> int:
+    """The sequence length an item of ``cost`` tokens runs at: rounded up to ``multiple``, at
+    most ``cap`` (an item's cost never exceeds the cap; only the rounding stops there)."""
+    rounded = -(-cost // multiple) * multiple
+    return rounded if cap is None else max(cost, min(rounded, cap))
 
 
-def padded_tokens(costs: Sequence[int], multiple: int) -> int:
+def padded_tokens(costs: Sequence[int], multiple: int, cap: int | None = None) -> int:
     """Tokens a batch of these costs occupies once padded: n × padded longest."""
-    return len(costs) * padded_length(max(costs), multiple) if costs else 0
+    return len(costs) * padded_length(max(costs), multiple, cap) if costs else 0
 
 
 def select_batch(
@@ -66,6 +72,7 @@ def select_batch(
     max_items: int,
     window: int,
     multiple: int = 8,
+    cap: int | None = None,
     pinned: int = 1,
 ) -> list[int]:
     """Choose the next batch from queued items in arrival order; returns their indices.
@@ -85,12 +92,13 @@ def select_batch(
     if not costs:
         return []
     size = min(len(costs), window)
-    whole = padded_tokens(costs[:size], multiple)
+    whole = padded_tokens(costs[:size], multiple, cap)
     if size <= max_items and whole <= max_tokens and sum(costs[:size]) >= MIN_WHOLE_EFFICIENCY * whole:
         return list(range(size))
     pinned = max(1, min(pinned, size))
     if pinned > 1:
-        chosen = _around_pinned(costs[:size], pinned, max_tokens=max_tokens, max_items=max_items, multiple=multiple)
+        chosen = _around_pinned(costs[:size], pinned, max_tokens=max_tokens, max_items=max_items, multiple=multiple,
+                                cap=cap)  # fmt: skip
         if chosen is not None:
             return chosen
     order = sorted(range(size), key=costs.__getitem__)  # stable: index 0 leads its equals
@@ -100,7 +108,7 @@ def select_batch(
 
     best_range, best_score = (oldest, oldest), None
     for hi in range(oldest, size):
-        padded = padded_length(sorted_costs[hi], multiple)
+        padded = padded_length(sorted_costs[hi], multiple, cap)
         fit = max(1, min(max_items, max_tokens // padded))
         lowest = hi - fit + 1
         if lowest > oldest:
@@ -114,19 +122,21 @@ def select_batch(
     return order[lo : hi + 1]
 
 
-def _around_pinned(costs: Sequence[int], pinned: int, *, max_tokens: int, max_items: int, multiple: int) -> list[int] | None:
+def _around_pinned(
+    costs: Sequence[int], pinned: int, *, max_tokens: int, max_items: int, multiple: int, cap: int | None
+) -> list[int] | None:
     """Items ``0..pinned-1`` together, plus the contiguous run (in cost order) of the others that
     adds the most useful work net of padding; None when the pinned items alone do not fit."""
     floor = max(costs[:pinned])
     pinned_real = sum(costs[:pinned])
-    if pinned > max_items or pinned * padded_length(floor, multiple) > max_tokens:
+    if pinned > max_items or pinned * padded_length(floor, multiple, cap) > max_tokens:
         return None
     rest = sorted(range(pinned, len(costs)), key=costs.__getitem__)
     rest_costs = [costs[i] for i in rest]
     prefix = list(accumulate(rest_costs, initial=0))
-    best_run, best_score = (0, 0), 2 * pinned_real - pinned * padded_length(floor, multiple)  # the pinned alone
+    best_run, best_score = (0, 0), 2 * pinned_real - pinned * padded_length(floor, multiple, cap)  # the pinned alone
     for hi in range(len(rest)):
-        padded = padded_length(max(floor, rest_costs[hi]), multiple)
+        padded = padded_length(max(floor, rest_costs[hi]), multiple, cap)
         room = min(max_items, max_tokens // padded) - pinned
         if room < 1:
             if rest_costs[hi] > floor:

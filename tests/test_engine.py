@@ -67,6 +67,26 @@ async def test_the_batcher_budgets_padded_lengths_as_the_model_pads_them(tiny_mo
     assert padded == model.collate([pair]).padded_tokens == -(-pair.length // multiple) * multiple
 
 
+async def test_near_the_position_limit_the_budget_pads_to_the_shape_that_runs(tiny_model):
+    """A model whose positions stop short of the next multiple: the batcher counts the batch as
+    the model pads it (capped), not rounded past what the model can run."""
+    from worker.model import NliModel
+    from worker.pairs import PairLayout
+
+    model = NliModel("capped", tiny_model.tokenizer, tiny_model.model)
+    model.length_multiple, model.max_padded_len = 8, 509
+    model.max_length = 505  # a pair of 505 tokens rounds to 512 by the multiple; the cap holds it at 509
+    model.layout = PairLayout(model.template, model.max_length)
+    premise = " ".join(["word"] * 600)  # cut to fill max_length
+    pair = model.pair(model.encode_text(premise), model.hypothesis_ids(HYPOTHESES[0]))
+    async with NliEngine.start(settings(), model=model) as engine:
+        assert engine.batcher.policy.max_padded_len == 509
+        await engine.infer([(premise, HYPOTHESES[0])])
+        padded = engine.batcher.stats.padded_tokens
+    assert pair.length == 505
+    assert padded == model.collate([pair]).padded_tokens == 509
+
+
 async def test_a_premise_is_tokenized_once_across_the_jobs_that_ask_about_it(tiny_model, monkeypatch):
     calls: list[str] = []
     encode = tiny_model.encode_text

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from batching.errors import ResourceExhausted
-from worker.model import (
-    GPU_LENGTH_MULTIPLE,
-    NliModel,
-    build_synthetic,
-    label_indices,
-    probe_pair_template,
-    resolve_device,
-    resolve_dtype,
-)
+from worker.model import GPU_LENGTH_MULTIPLE, NliModel, label_indices, resolve_device, resolve_dtype
+from worker.pairs import probe_pair_template
+from worker.synthetic import build_synthetic
 
 DATA = Path(__file__).parent / "data"
 DEBERTA_DIR = Path("/work/shared/data/deberta-v3-tokenizer")
@@ -51,7 +45,7 @@ def _assert_assembly_matches_tokenizer(model: NliModel) -> None:
                 max_length=model.max_length,
                 return_token_type_ids=True,
             )
-            ids, types = model.assemble(pair)
+            ids, types = model.layout.assemble(pair)
             assert ids == expected["input_ids"], (premise, hypothesis)
             assert types == expected["token_type_ids"], (premise, hypothesis)
             assert pair.length == len(ids) <= model.max_length
@@ -326,7 +320,7 @@ def test_distilbert_mnli_has_the_real_size_and_warms_up():
 
 def test_deberta_v3_large_has_the_real_architecture_and_a_two_label_head():
     """Built on the meta device: the architecture and size, without 1.3 GB of random weights."""
-    from worker.model import synthetic_config
+    from worker.synthetic import synthetic_config
 
     config, model_class = synthetic_config("synthetic:deberta-v3-large")
     with torch.device("meta"):
@@ -341,7 +335,7 @@ def test_deberta_v3_large_has_the_real_architecture_and_a_two_label_head():
 
 def test_a_deberta_v2_model_runs_through_the_runner(tiny_model):
     """The same architecture scaled down: relative attention, token types and the BERT template."""
-    from worker.model import synthetic_config
+    from worker.synthetic import synthetic_config
 
     config, model_class = synthetic_config("synthetic:deberta-v3-large")
     config.update({"hidden_size": 32, "pooler_hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

@@ -23,7 +23,8 @@ from schemas import DEFAULT_SCHEMA, OPERATIONS
 from worker import hypotheses as H
 from worker.engine import NliEngine
 from worker.hypotheses import Thresholds
-from worker.model import NliModel, build_synthetic
+from worker.model import NliModel
+from worker.synthetic import build_synthetic
 from worker.operations import extract_catalyst_values, plan_job
 from worker.service import run_job
 from worker.settings import Settings, SettingsError

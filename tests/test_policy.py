@@ -33,6 +33,11 @@ def test_padded_length_rounds_up_to_the_multiple(cost, expected):
     assert padded_length(cost, 8) == expected
 
 
+@pytest.mark.parametrize("cost, expected", [(500, 504), (505, 509), (509, 509)])
+def test_padded_length_stops_at_the_position_cap(cost, expected):
+    assert padded_length(cost, 8, cap=509) == expected
+
+
 def test_padded_token_budget_is_never_exceeded():
     rng = random.Random(7)
     for _ in range(200):

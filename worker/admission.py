@@ -31,7 +31,8 @@ import anyio
 import numpy as np
 
 from batching import Batcher, DeadlineExceeded, InvalidInput, ServiceError, Ticket, Unavailable
-from worker.model import NliModel, PairTokens
+from worker.model import NliModel
+from worker.pairs import PairTokens
 
 Pair = tuple[str, str]
 
@@ -264,7 +265,7 @@ class Admission:
         for index, (_, hypothesis) in enumerate(pairs):
             ids = self.model.hypothesis_ids(hypothesis)
             try:
-                self.model.check_hypothesis(ids)
+                self.model.layout.check_hypothesis(ids)
             except ValueError as err:
                 raise InvalidInput(f"pairs[{index}]: {err}") from err
             hypotheses.append(ids)

@@ -133,7 +133,7 @@ def check_model_dir(path: Path) -> BakeReport:
 
 def _fetch(model: str) -> tuple[Any, Any, dict[str, str | None]]:
     """(tokenizer, model, source) for a synthetic name, a local directory or a Hub id."""
-    from worker.model import build_synthetic
+    from worker.synthetic import build_synthetic
 
     if model.startswith("synthetic:"):
         try:

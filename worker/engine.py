@@ -20,7 +20,8 @@ import structlog
 from batching import Batcher, BatchStats
 from worker.admission import Admission, QueuedPairs
 from worker.metrics import Metrics
-from worker.model import NliModel, PairTokens
+from worker.model import NliModel
+from worker.pairs import PairTokens
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.engine")
@@ -53,9 +54,9 @@ class NliEngine:
         Every batch is logged (one line: pairs, tokens, padding efficiency, ms) and, with
         ``metrics``, observed; ``on_batch`` sees it too.
         """
-        # The batcher budgets padded lengths as the model pads them.
+        # The batcher budgets padded lengths as the model pads them (batching.policy.padded_length).
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
-        policy = replace(policy, length_multiple=model.length_multiple)
+        policy = replace(policy, length_multiple=model.length_multiple, max_padded_len=model.max_padded_len)
         _freeze_startup_objects()
         log.info(
             "engine_started",

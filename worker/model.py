@@ -1,13 +1,10 @@
-"""The NLI model runner: pair assembly, GPU-friendly collation and the forward pass.
+"""The NLI model runner: device and dtype, loading, GPU-friendly collation and the forward pass.
 
 The batcher calls two methods and nothing else: ``collate`` (in a collate thread, so batch N+1 is
 built while batch N runs) and ``run`` (in the one model thread). Everything before that, premise
 and hypothesis tokenization, happens once per job in the front end, so pairs travel as token ids
-and their cost (``PairTokens.length``) is known before they are queued.
-
-Pairs are assembled from a *pair template* probed from the tokenizer at load time rather than from
-per-architecture code: transformers 5 tokenizers no longer expose
-``build_inputs_with_special_tokens``, and probing covers BERT, DeBERTa-v3 and RoBERTa layouts alike.
+and their cost (``PairTokens.length``) is known before they are queued. How pairs are laid out is
+``worker/pairs.py``; the synthetic models are ``worker/synthetic.py``.
 """
 
 from __future__ import annotations
@@ -15,21 +12,19 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
-from pathlib import Path
-from typing import Any, NamedTuple
+from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
 
 from batching.errors import ResourceExhausted
+from batching.policy import padded_length
+from worker.pairs import PROBES, PairLayout, PairTokens, probe_pair_template
+from worker.synthetic import build_synthetic
 
-SYNTHETIC_MODELS = (
-    "synthetic:tiny", "synthetic:tiny-binary", "synthetic:distilbert-mnli", "synthetic:deberta-v3-large",
-)
-VOCAB_PATH = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -39,118 +34,8 @@ _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-_MNLI_LABELS = {0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"}
-_BINARY_LABELS = {0: "entailment", 1: "not_entailment"}
 # Used when neither the tokenizer nor the config states a usable limit.
 _DEFAULT_MAX_LENGTH = 512
-# Two probes of different lengths: the first derives the template, the second checks it.
-_PROBES = (("hello world", "good morning"), ("the quick brown fox", "jumps"))
-
-
-class PairTokens(NamedTuple):
-    """One premise/hypothesis pair, still unassembled.
-
-    The premise is tokenized once per job and its tuple is shared by all of that job's pairs.
-    A named tuple, not a frozen dataclass: six are built per job on the event loop, at 0.3
-    against 0.8 µs each; it hashes the same way (identical pairs merge on it).
-    """
-
-    premise_ids: tuple[int, ...]  # no special tokens, untruncated
-    hypothesis_ids: tuple[int, ...]  # no special tokens
-    length: int  # assembled length after only_first truncation, special tokens included
-
-
-@dataclass(frozen=True, slots=True)
-class PairTemplate:
-    """Where a tokenizer puts its special tokens and token types around a pair (A, B).
-
-    The assembled pair is ``prefix + A + middle + B + suffix``; each special token keeps its own
-    type id because layouts differ (DeBERTa-v3 types the final [SEP] 1, the middle one 0).
-    """
-
-    prefix_ids: tuple[int, ...]
-    middle_ids: tuple[int, ...]
-    suffix_ids: tuple[int, ...]
-    prefix_types: tuple[int, ...]
-    middle_types: tuple[int, ...]
-    suffix_types: tuple[int, ...]
-    first_type: int
-    second_type: int
-
-    @property
-    def num_special_tokens(self) -> int:
-        return len(self.prefix_ids) + len(self.middle_ids) + len(self.suffix_ids)
-
-    def assemble(self, first: Sequence[int], second: Sequence[int]) -> tuple[list[int], list[int]]:
-        """(input_ids, token_type_ids) of the pair, without any truncation."""
-        ids = [*self.prefix_ids, *first, *self.middle_ids, *second, *self.suffix_ids]
-        types = [
-            *self.prefix_types,
-            *[self.first_type] * len(first),
-            *self.middle_types,
-            *[self.second_type] * len(second),
-            *self.suffix_types,
-        ]
-        return ids, types
-
-
-def _encode_pair(tokenizer: Any, first: str, second: str) -> tuple[list[int], list[int]]:
-    enc = tokenizer(first, second, add_special_tokens=True, return_token_type_ids=True)
-    ids = list(enc["input_ids"])
-    types = enc.get("token_type_ids")
-    return ids, list(types) if types is not None else [0] * len(ids)
-
-
-def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:
-    for i in range(start, len(haystack) - len(needle) + 1):
-        if list(haystack[i : i + len(needle)]) == list(needle):
-            return i
-    return -1
-
-
-def probe_pair_template(tokenizer: Any) -> PairTemplate:
-    """Derive the pair template by locating two probe texts inside their encoded pair.
-
-    Works for any tokenizer that encodes each segment of a pair as it encodes the segment alone
-    (true of WordPiece, SentencePiece/Metaspace and RoBERTa-style byte-level BPE with a leading
-    text). Raises ValueError when it cannot, rather than assembling pairs wrongly.
-    """
-    first, second = _PROBES[0]
-    a = tokenizer(first, add_special_tokens=False)["input_ids"]
-    b = tokenizer(second, add_special_tokens=False)["input_ids"]
-    ids, types = _encode_pair(tokenizer, first, second)
-    i = _find(ids, a, 0)
-    j = _find(ids, b, i + len(a)) if i >= 0 else -1
-    if i < 0 or j < 0 or not a or not b:
-        raise ValueError(
-            f"cannot derive a pair template for {type(tokenizer).__name__}: the probe segments "
-            f"{a} and {b} were not found in the encoded pair {ids}"
-        )
-    end_b = j + len(b)
-    template = PairTemplate(
-        prefix_ids=tuple(ids[:i]),
-        middle_ids=tuple(ids[i + len(a) : j]),
-        suffix_ids=tuple(ids[end_b:]),
-        prefix_types=tuple(types[:i]),
-        middle_types=tuple(types[i + len(a) : j]),
-        suffix_types=tuple(types[end_b:]),
-        first_type=types[i],
-        second_type=types[j],
-    )
-    _check_template(tokenizer, template)
-    return template
-
-
-def _check_template(tokenizer: Any, template: PairTemplate) -> None:
-    """Re-encode every probe (of other lengths) and insist the template reproduces it exactly."""
-    for first, second in _PROBES:
-        a = tokenizer(first, add_special_tokens=False)["input_ids"]
-        b = tokenizer(second, add_special_tokens=False)["input_ids"]
-        if template.assemble(a, b) != _encode_pair(tokenizer, first, second):
-            raise ValueError(
-                f"the pair template probed from {type(tokenizer).__name__} does not reproduce "
-                f"its encoding of ({first!r}, {second!r})"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,61 +101,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         raise ValueError(f"invalid dtype {dtype!r}: expected one of {', '.join(_DTYPES)}") from None
 
 
-def build_synthetic(name: str) -> tuple[Any, torch.nn.Module]:
-    """(tokenizer, model) for a synthetic name: random weights, real vocabulary, fixed seed.
-
-    Kept apart from ``NliModel.load`` so ``bake-model`` can ``save_pretrained`` the pair.
-    """
-    from transformers import BertTokenizer
-
-    config, model_class = synthetic_config(name)
-    tokenizer = BertTokenizer(vocab=str(VOCAB_PATH), do_lower_case=True, model_max_length=512)
-    # A private RNG stream: same weights every time, and the caller's global RNG is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = model_class(config)
-    return tokenizer, model
-
-
-def synthetic_config(name: str) -> tuple[Any, type[torch.nn.Module]]:
-    """(config, model class) of a synthetic name: the architecture, without building it.
-
-    ``synthetic:deberta-v3-large`` is DeBERTa-v3-large's encoder (24 layers, 1024 wide,
-    relative attention) with a 2-label head, about 7x DistilBERT's compute a pair: the size of
-    the model the peer headline service runs. Its embedding table is sized for the bundled BERT
-    vocabulary (DeBERTa-v3's own has 128k entries), which changes memory, not compute.
-    """
-    from transformers import (
-        DebertaV2Config,
-        DebertaV2ForSequenceClassification,
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-    )
-
-    if name == "synthetic:deberta-v3-large":
-        config = DebertaV2Config(
-            vocab_size=30_522, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-            intermediate_size=4096, max_position_embeddings=512, relative_attention=True,
-            position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
-            layer_norm_eps=1e-7, max_relative_positions=-1, position_biased_input=False, type_vocab_size=0,
-            pad_token_id=0, **_label_maps(_BINARY_LABELS),
-        )  # fmt: skip  (microsoft/deberta-v3-large's config.json, but the vocabulary)
-        return config, DebertaV2ForSequenceClassification
-    if name == "synthetic:distilbert-mnli":
-        sizes: dict[str, int] = {}  # DistilBertConfig defaults are typeform/distilbert-base-uncased-mnli
-        labels = _MNLI_LABELS
-    elif name in ("synthetic:tiny", "synthetic:tiny-binary"):
-        sizes = {"n_layers": 2, "dim": 32, "n_heads": 2, "hidden_dim": 64}
-        labels = _BINARY_LABELS if name == "synthetic:tiny-binary" else _MNLI_LABELS
-    else:
-        raise ValueError(f"unknown synthetic model {name!r}: expected one of {', '.join(SYNTHETIC_MODELS)}")
-    return DistilBertConfig(**sizes, **_label_maps(labels)), DistilBertForSequenceClassification
-
-
-def _label_maps(labels: Mapping[int, str]) -> dict[str, dict]:
-    return {"id2label": dict(labels), "label2id": {v: k for k, v in labels.items()}}
-
-
 def _load_pretrained(name: str) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -301,7 +131,7 @@ def _segment_encoder(tokenizer: Any) -> Any | None:
     encoder.no_truncation()
     encoder.no_padding()
     encoder.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    for text in (*(text for probe in _PROBES for text in probe), "Fed's $3.5B 2.5% [SEP] Ünïcode"):
+    for text in (*(text for probe in PROBES for text in probe), "Fed's $3.5B 2.5% [SEP] Ünïcode"):
         if encoder.encode(text, add_special_tokens=False).ids != tokenizer(text, add_special_tokens=False)["input_ids"]:
             return None  # the backend does not encode as the tokenizer does: keep the tokenizer's way
     return encoder
@@ -346,8 +176,9 @@ class NliModel:
         config = model.config
         self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
         self.entailment_index, self.contradiction_index = label_indices(config.label2id)
-        self.max_length, self._max_padded_len = _length_limits(tokenizer, config)
+        self.max_length, self.max_padded_len = _length_limits(tokenizer, config)
         self.template = probe_pair_template(tokenizer)
+        self.layout = PairLayout(self.template, self.max_length)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._pad_type = getattr(tokenizer, "pad_token_type_id", 0)
         # Feed token types only where the model takes them and its tokenizer emits them, as the
@@ -394,37 +225,13 @@ class NliModel:
         return self._hypothesis_ids(text)
 
     def pair(self, premise_ids: Sequence[int], hypothesis_ids: Sequence[int]) -> PairTokens:
-        """A pair and its assembled length (the batcher's cost), after only_first truncation.
-
-        Raises ValueError where the tokenizer itself would fail: when the hypothesis leaves no
-        room for a single premise token and the premise must be cut.
-        """
-        premise, hypothesis = tuple(premise_ids), tuple(hypothesis_ids)
-        room = self.max_length - self.template.num_special_tokens - len(hypothesis)
-        if len(premise) > room:
-            self.check_hypothesis(hypothesis)
-        length = self.template.num_special_tokens + min(len(premise), room) + len(hypothesis)
-        return PairTokens(premise, hypothesis, length)
-
-    def check_hypothesis(self, hypothesis_ids: Sequence[int]) -> None:
-        """Raise ValueError when a hypothesis leaves no room for one premise token: a pair
-        with it cannot be encoded whatever its premise (checked before the premise is read)."""
-        if self.max_length - self.template.num_special_tokens - len(hypothesis_ids) < 1:
-            raise ValueError(
-                f"hypothesis of {len(hypothesis_ids)} tokens leaves no room for the premise within "
-                f"max_length {self.max_length} ({self.template.num_special_tokens} special tokens)"
-            )
-
-    def assemble(self, pair: PairTokens) -> tuple[list[int], list[int]]:
-        """(input_ids, token_type_ids), exactly as the tokenizer encodes the pair with
-        ``truncation="only_first", max_length=self.max_length``: the premise is cut from the right."""
-        room = self.max_length - self.template.num_special_tokens - len(pair.hypothesis_ids)
-        return self.template.assemble(pair.premise_ids[:room], pair.hypothesis_ids)
+        """A pair and its cost (``PairLayout.pair``)."""
+        return self.layout.pair(premise_ids, hypothesis_ids)
 
     def padded_length(self, longest: int) -> int:
-        """The batch's sequence length: rounded up to ``length_multiple`` so kernel shapes repeat."""
-        multiple = self.length_multiple
-        return min(-(-longest // multiple) * multiple, self._max_padded_len)
+        """The batch's sequence length, as the batch policy budgets it: rounded up to
+        ``length_multiple`` so kernel shapes repeat, never past the position embeddings."""
+        return padded_length(longest, self.length_multiple, self.max_padded_len)
 
     def collate(self, pairs: Sequence[PairTokens]) -> Collated:
         """Pad a batch into CPU tensors (pinned on CUDA so ``run`` copies asynchronously).
@@ -440,36 +247,16 @@ class NliModel:
         real_tokens = int(lengths.sum())
         filled = np.arange(padded_len) < lengths[:, None]  # row-major: each row's first `length` slots
         input_ids = np.full((len(pairs), padded_len), self._pad_id, dtype=np.int64)
-        input_ids[filled] = np.fromiter(chain.from_iterable(self._id_segments(pairs)), np.int64, real_tokens)
+        input_ids[filled] = np.fromiter(chain.from_iterable(self.layout.id_segments(pairs)), np.int64, real_tokens)
         token_types = None
         if self._uses_token_types:
             token_types = np.full((len(pairs), padded_len), self._pad_type, dtype=np.int64)
-            token_types[filled] = np.fromiter(chain.from_iterable(self._type_segments(pairs)), np.int64, real_tokens)
+            token_types[filled] = np.fromiter(chain.from_iterable(self.layout.type_segments(pairs)), np.int64, real_tokens)
         tensors = [torch.from_numpy(input_ids), torch.from_numpy(filled.astype(np.int64))]
         tensors.append(torch.from_numpy(token_types) if token_types is not None else None)
         if self.device.type == "cuda":
             tensors = [t.pin_memory() if t is not None else None for t in tensors]
         return Collated(*tensors, n_pairs=len(pairs), padded_len=padded_len, real_tokens=real_tokens)
-
-    def _id_segments(self, pairs: Sequence[PairTokens]) -> Iterator[Sequence[int]]:
-        """Every pair's ids as ``assemble`` lays them out, segment by segment."""
-        template, room_for = self.template, self.max_length - self.template.num_special_tokens
-        for pair in pairs:
-            yield template.prefix_ids
-            yield pair.premise_ids[: room_for - len(pair.hypothesis_ids)]
-            yield template.middle_ids
-            yield pair.hypothesis_ids
-            yield template.suffix_ids
-
-    def _type_segments(self, pairs: Sequence[PairTokens]) -> Iterator[Iterable[int]]:
-        """Every pair's token types, segment by segment, matching ``_id_segments``."""
-        template, room_for = self.template, self.max_length - self.template.num_special_tokens
-        for pair in pairs:
-            yield template.prefix_types
-            yield repeat(template.first_type, min(len(pair.premise_ids), room_for - len(pair.hypothesis_ids)))
-            yield template.middle_types
-            yield repeat(template.second_type, len(pair.hypothesis_ids))
-            yield template.suffix_types
 
     def run(self, batch: Collated) -> np.ndarray:
         """float32 logits [n_pairs, num_labels]; out-of-memory becomes ResourceExhausted.

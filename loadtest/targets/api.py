@@ -60,7 +60,7 @@ class ApiTarget:
             return _result_of(err)
         return JobResult(status=COMPLETED)
 
-    async def _wait(self, job: Job) -> None:
+    async def _wait(self, job: SubmittedJob) -> None:
         """Wait for the job; when the replayer gives up on it, cancel it on the server too."""
         try:
             await job.wait(timeout_s=WAIT_LIMIT_S)
