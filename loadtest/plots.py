@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from loadtest.targets import COMPLETED, BatchRecord
 
-if TYPE_CHECKING:
-    from loadtest.report import JobRecord
+
+class PlottedJob(Protocol):
+    """What the latency plot reads of a replayed job (``loadtest.report.ReplayedJob``)."""
+
+    t_scheduled: float
+    latency_ms: float
+    status: str
 
 
 def write_plots(
     out_dir: Path,
-    records: Sequence[JobRecord],
+    records: Sequence[PlottedJob],
     batches: Sequence[BatchRecord] | None,
     *,
     title: str,
@@ -43,7 +48,7 @@ def write_plots(
     return paths
 
 
-def _latency_figure(fig, records: Sequence[JobRecord], title: str):  # type: ignore[no-untyped-def]
+def _latency_figure(fig, records: Sequence[PlottedJob], title: str):  # type: ignore[no-untyped-def]
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     fig.suptitle(f"Job latency over time: {title}")
     ok = [r for r in records if r.status == COMPLETED]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import Protocol, TextIO
 
-if TYPE_CHECKING:
-    from loadtest.report import JobRecord
+
+class _Ended(Protocol):
+    status: str
 
 
 class ProgressBar:
@@ -29,7 +30,7 @@ class ProgressBar:
         self.sent += 1
         self._draw()
 
-    def on_done(self, record: JobRecord) -> None:
+    def on_done(self, record: _Ended) -> None:
         self.done += 1
         self.failed += record.status != "completed"
         self._draw()

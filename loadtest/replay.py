@@ -16,7 +16,6 @@ import math
 import sys
 import time
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 import anyio
 
 from loadtest.progress import ProgressBar
-from loadtest.report import JobRecord, summarize, write_report
+from loadtest.report import ReplayedJob, ReplayRun, summarize, write_report
 from loadtest.targets import BatchRecord, JobResult, Target, TargetError, TargetOptions, open_target
 from schemas.trace import Trace, TraceError, read_trace
 from worker.logs import configure_logging
@@ -35,22 +34,7 @@ class Observer(Protocol):
 
     def on_sent(self, index: int) -> None: ...
 
-    def on_done(self, record: JobRecord) -> None: ...
-
-
-@dataclass(slots=True)
-class ReplayRun:
-    """What a replay saw: one record per job (in trace order) and the target's batches."""
-
-    records: list[JobRecord]
-    wall_s: float
-    """From the replay's start to the last job's end."""
-    batches: list[BatchRecord] | None
-    """``at`` counted in seconds from the replay's start."""
-    started_at: float
-    """Unix time the replay started."""
-    fleet: dict[str, Any] | None = None
-    """An emulated RunPod fleet's ``GET /fleet`` (``loadtest/fleet.py``), when the target has one."""
+    def on_done(self, record: ReplayedJob) -> None: ...
 
 
 async def replay(
@@ -64,7 +48,7 @@ async def replay(
 ) -> ReplayRun:
     """Start each job at its scheduled time, wait for all of them, and return the records."""
     slots: AbstractAsyncContextManager[Any] = anyio.Semaphore(concurrency) if concurrency else nullcontext()
-    records: list[JobRecord | None] = [None] * len(trace.jobs)
+    records: list[ReplayedJob | None] = [None] * len(trace.jobs)
     batches_before = len(target.batches) if target.batches is not None else 0
     started_at = time.time()
     clock = anyio.current_time
@@ -77,7 +61,7 @@ async def replay(
                 observer.on_sent(index)
             result = await _submit(target, job_input, timeout_s)
             ended = clock()
-        record = JobRecord(
+        record = ReplayedJob(
             index=index,
             t_scheduled=round(due - start, 6),
             t_sent=round(sent - start, 6),

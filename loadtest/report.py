@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
+from loadtest.plots import write_plots
 from loadtest.stats import latency_summary_ms
 from loadtest.targets import COMPLETED, REJECTED_STATUSES, BatchRecord
 
-if TYPE_CHECKING:
-    from loadtest.replay import ReplayRun
 
-
-class JobRecord(msgspec.Struct, kw_only=True):
+class ReplayedJob(msgspec.Struct, kw_only=True):
     """One line of ``jobs.jsonl``; times in seconds from the replay's start."""
 
     index: int
@@ -39,6 +38,21 @@ class JobRecord(msgspec.Struct, kw_only=True):
     error: str | None
     operation: str
     pairs: int | None
+
+
+@dataclass(slots=True)
+class ReplayRun:
+    """What a replay saw: one record per job (in trace order) and the target's batches."""
+
+    records: list[ReplayedJob]
+    wall_s: float
+    """From the replay's start to the last job's end."""
+    batches: list[BatchRecord] | None
+    """``at`` counted in seconds from the replay's start."""
+    started_at: float
+    """Unix time the replay started."""
+    fleet: dict[str, Any] | None = None
+    """An emulated RunPod fleet's ``GET /fleet`` (``loadtest/fleet.py``), when the target has one."""
 
 
 class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -142,8 +156,6 @@ def _with_batches(summary: Summary, batches: list[BatchRecord]) -> Summary:
 
 def write_report(out_dir: Path, summary: Summary, run: ReplayRun) -> list[str]:
     """Write summary.json, jobs.jsonl (and batches.jsonl, plots); returns lines to print."""
-    from loadtest.plots import write_plots
-
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder()
     (out_dir / "summary.json").write_bytes(msgspec.json.format(encoder.encode(summary), indent=2) + b"\n")

@@ -15,8 +15,8 @@ import pytest
 
 from loadtest.__main__ import main
 from loadtest.progress import ProgressBar
-from loadtest.replay import ReplayRun, replay
-from loadtest.report import JobRecord, fleet_since, summarize, write_report
+from loadtest.replay import replay
+from loadtest.report import ReplayedJob, ReplayRun, fleet_since, summarize, write_report
 from loadtest.targets import JobResult, TargetOptions, open_target
 from loadtest.targets.inproc import InprocTarget
 from schemas.trace import Trace, TraceJob, new_header, write_trace
@@ -46,7 +46,7 @@ class Watch:
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.sent = 0
-        self.done: list[JobRecord] = []
+        self.done: list[ReplayedJob] = []
         self.max_in_flight = 0
         self.all_sent = anyio.Event()
         self._done_events: dict[int, anyio.Event] = {}
@@ -57,7 +57,7 @@ class Watch:
         if self.sent == self.expected:
             self.all_sent.set()
 
-    def on_done(self, record: JobRecord) -> None:
+    def on_done(self, record: ReplayedJob) -> None:
         self.done.append(record)
         for count, event in self._done_events.items():
             if len(self.done) >= count:
@@ -223,7 +223,7 @@ def test_the_command_prints_the_table_and_writes_the_report(tmp_path, capsys, mo
 
 
 def test_an_emulated_fleet_is_written_and_plotted_on_the_replays_clock(tmp_path):
-    record = JobRecord(index=0, t_scheduled=0, t_sent=0, latency_ms=5, status="completed", error=None,
+    record = ReplayedJob(index=0, t_scheduled=0, t_sent=0, latency_ms=5, status="completed", error=None,
                        operation="classify", pairs=6)  # fmt: skip
     fleet = {"started_unix": 98.0, "settings": {}, "workers": [],
              "timeline": {"columns": ["t_s", "workers_up", "workers_ready", "jobs_queued", "jobs_running"],
@@ -239,7 +239,7 @@ def test_an_emulated_fleet_is_written_and_plotted_on_the_replays_clock(tmp_path)
 def test_plots_are_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    record = JobRecord(index=0, t_scheduled=0, t_sent=0, latency_ms=5, status="completed", error=None,
+    record = ReplayedJob(index=0, t_scheduled=0, t_sent=0, latency_ms=5, status="completed", error=None,
                        operation="classify", pairs=6)  # fmt: skip
     run = ReplayRun([record], wall_s=0.01, batches=None, started_at=0.0)
     summary = summarize(run, trace="t", target="held", speed=1, concurrency=None)
@@ -279,7 +279,7 @@ def test_the_progress_bar_shows_jobs_done_sent_and_failed():
     for index in range(4):
         bar.on_sent(index)
     for status in ("completed", "overloaded"):
-        bar.on_done(JobRecord(index=0, t_scheduled=0, t_sent=0, latency_ms=1, status=status, error=None,
+        bar.on_done(ReplayedJob(index=0, t_scheduled=0, t_sent=0, latency_ms=1, status=status, error=None,
                               operation="classify", pairs=None))  # fmt: skip
     bar.close()
     last = stream.getvalue().rsplit("\r", 1)[-1]
