@@ -4,8 +4,8 @@ Two coroutines share the work. The *former* waits for items, cuts the next batch
 policy and collates it in a collate thread; the *executor* runs batches in one dedicated model
 thread and fans results out to the jobs. They meet on a channel of size zero, so batch N+1 is
 cut and collated while batch N computes, and no later. A batch cut while the runner is idle has
-nothing to overlap: the model thread collates and runs it in one call, a thread hop fewer (about
-0.1-0.3 ms of a lone job's latency).
+nothing to overlap: the model thread collates and runs it in one call, a thread hop fewer on a
+lone job's latency.
 
 Identical items that land in one batch (a headline asked about by several jobs at once) run
 once and share the result (``BatchPolicy.merge_identical``).
@@ -147,7 +147,7 @@ class Ticket(Generic[R]):
         after dropping the job's queued items."""
         job = self._job
         try:
-            if job.deadline == math.inf:  # no cancel scope to build: 5-8 µs a job in a burst
+            if job.deadline == math.inf:  # no cancel scope to build: a cost per job in a burst
                 await job.done.wait()
             else:
                 with anyio.move_on_after(job.deadline - anyio.current_time()) as waiting:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.batch_totals import BatchTotals, registry_totals, text_totals
 from bench.common import PAIRS_PER_JOB
-from bench.http_load import ClientPool, PhaseResult, Target
+from bench.http_load import ClientPool, PhaseResult, HttpEndpoint
 from loadtest.burst import burst, one_at_a_time
 from schemas import JobSchema
 from worker.engine import NliEngine
@@ -91,7 +91,7 @@ class InprocDriver:
 class HttpDriver:
     """Jobs over loopback HTTP from the client processes; batch totals from ``/metrics`` if given."""
 
-    def __init__(self, pool: ClientPool, target: Target, metrics_url: str | None = None) -> None:
+    def __init__(self, pool: ClientPool, target: HttpEndpoint, metrics_url: str | None = None) -> None:
         self.pool, self.target, self.metrics_url = pool, target, metrics_url
 
     async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:

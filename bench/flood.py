@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.emulator import FINAL_STATUSES, serve_emulator
+from loadtest.emulator import serve_emulator
+from schemas.runpod import FINAL_STATUSES
 from loadtest.fleet import FleetSettings, Scaler
 from loadtest.headlines import headlines
 

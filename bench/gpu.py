@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import careful_pipeline, cpu_model, dtype_name, machine_name, seed_way  # noqa: E402
 from bench.drivers import HttpDriver, InprocDriver, Scale, measure  # noqa: E402
 from bench.gpu_report import check_targets, markdown_table, targets_table  # noqa: E402
-from bench.http_load import ClientPool, Target, client_pool  # noqa: E402
+from bench.http_load import ClientPool, HttpEndpoint, client_pool  # noqa: E402
 from bench.servers import litserve_installed, litserve_server, pod_server, trivial_server  # noqa: E402
 from loadtest.burst import classify_jobs  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
@@ -141,7 +141,7 @@ def _pipeline_row(key: str, measured: dict) -> dict:
 
 async def trivial_row(run: Run, pool: ClientPool) -> dict:
     async with trivial_server(log_dir=run.log_dir) as url:
-        driver = HttpDriver(pool, Target("trivial", f"{url}/runsync"))
+        driver = HttpDriver(pool, HttpEndpoint("trivial", f"{url}/runsync"))
         return {"key": "trivial", "way": "trivial server over HTTP (client ceiling)",
                 **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
 
@@ -153,7 +153,7 @@ async def litserve_row(run: Run, pool: ClientPool) -> dict:
     way = f"LitServe {_version('litserve')} over HTTP ({batching})"
     served = run.served()
     async with litserve_server(**served, max_batch_size=LITSERVE_MAX_BATCH, batch_timeout_s=LITSERVE_TIMEOUT_S) as url:
-        driver = HttpDriver(pool, Target("litserve", f"{url}/predict", wrap_input=False, expect_completed=False))
+        driver = HttpDriver(pool, HttpEndpoint("litserve", f"{url}/predict", wrap_input=False, expect_completed=False))
         return {"key": "litserve", "way": way, **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
 
 
@@ -186,7 +186,7 @@ async def inproc_dtype_row(run: Run, pool: ClientPool) -> dict:
 
 async def pod_row(run: Run, pool: ClientPool) -> dict:
     async with pod_server(**run.served()) as url:
-        driver = HttpDriver(pool, Target("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
+        driver = HttpDriver(pool, HttpEndpoint("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
         return {"key": "pod", "way": "burst-nli pod over HTTP (/runsync)",
                 **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_model  # noqa: E402
 from bench.drivers import HttpDriver, InprocDriver, Scale, measure  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
-from bench.http_load import ClientPool, Target, client_pool  # noqa: E402
+from bench.http_load import ClientPool, HttpEndpoint, client_pool  # noqa: E402
 from bench.servers import free_port, serving_process, trivial_server  # noqa: E402
 from loadtest.burst import classify_jobs  # noqa: E402
 from schemas import build_job_schema  # noqa: E402
@@ -99,14 +99,14 @@ async def pod_row(settings: Settings, forward: str, scale: Scale, pool: ClientPo
                "--port", str(port)]
     async with serving_process(f"emulated-pod-{forward}", command, f"http://127.0.0.1:{port}", "/ping",
                                log_dir=log_dir) as url:
-        driver = HttpDriver(pool, Target("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
+        driver = HttpDriver(pool, HttpEndpoint("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
         result = await measure(driver, scale, classify_jobs(scale.jobs), _loop_jobs(scale))
     return {"way": f"pod over HTTP, forward {forward}", **result}
 
 
 async def trivial_row(scale: Scale, pool: ClientPool, log_dir: Path) -> dict:
     async with trivial_server(log_dir=log_dir) as url:
-        driver = HttpDriver(pool, Target("trivial", f"{url}/runsync"))
+        driver = HttpDriver(pool, HttpEndpoint("trivial", f"{url}/runsync"))
         result = await measure(driver, scale, classify_jobs(scale.jobs), _loop_jobs(scale))
     return {"way": "trivial server over HTTP (client ceiling)", **result}
 

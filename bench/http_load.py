@@ -27,7 +27,7 @@ _decode = msgspec.json.Decoder(list[tuple[float, float, bool]])
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class HttpEndpoint:
     """Where jobs go and how a job's body is written: RunPod's ``{"input": ...}`` or the job bare."""
 
     name: str
@@ -63,13 +63,13 @@ class ClientPool:
         self.processes = processes
         self._lines = [_LineReader(p) for p in processes]
 
-    async def burst(self, target: Target, job_inputs: Sequence[dict]) -> PhaseResult:
+    async def burst(self, target: HttpEndpoint, job_inputs: Sequence[dict]) -> PhaseResult:
         """Every job sent at once, dealt round-robin over the processes."""
         shares = [list(job_inputs[i :: len(self.processes)]) for i in range(len(self.processes))]
         commands = [self._command("burst", target, share) for share in shares]
         return await self._run(commands)
 
-    async def sustained(self, target: Target, job_inputs: Sequence[dict], *, concurrency: int,
+    async def sustained(self, target: HttpEndpoint, job_inputs: Sequence[dict], *, concurrency: int,
                         duration_s: float) -> PhaseResult:
         """``concurrency`` jobs kept in flight for ``duration_s`` (closed loop), split over the processes."""
         per_process = [concurrency // len(self.processes) + (i < concurrency % len(self.processes))
@@ -78,11 +78,11 @@ class ClientPool:
                     for n in per_process if n]
         return await self._run(commands)
 
-    async def idle(self, target: Target, job_inputs: Sequence[dict]) -> PhaseResult:
+    async def idle(self, target: HttpEndpoint, job_inputs: Sequence[dict]) -> PhaseResult:
         """Jobs one at a time from the first process: a lone job's latency."""
         return await self._run([self._command("idle", target, job_inputs)])
 
-    def _command(self, phase: str, target: Target, job_inputs: Sequence[dict], **extra: object) -> dict:
+    def _command(self, phase: str, target: HttpEndpoint, job_inputs: Sequence[dict], **extra: object) -> dict:
         bodies = [target.body(job_input) for job_input in job_inputs]
         return {"phase": phase, "url": target.url, "bodies": bodies, "expect_completed": target.expect_completed,
                 **extra}

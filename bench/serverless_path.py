@@ -83,7 +83,8 @@ async def in_process(jobs: list[dict], forward: str, model_name: str) -> dict[st
 
 
 async def serverless(jobs: list[dict], forward: str, model_name: str, concurrency: int) -> dict[str, float]:
-    from loadtest.emulator import FINAL_STATUSES, serve_emulator
+    from loadtest.emulator import serve_emulator
+    from schemas.runpod import FINAL_STATUSES
 
     async with serve_emulator(long_poll_s=1.0) as emu:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}

@@ -77,7 +77,7 @@ RUN_MAX_BYTES, RUNSYNC_MAX_BYTES = 10 * 2**20, 20 * 2**20  # RunPod's payload li
 
 
 @dataclass(eq=False, slots=True)
-class Job:
+class EmulatedJob:
     """One request, from submission to its final state; times are ``time.monotonic`` seconds."""
 
     id: str
@@ -156,8 +156,8 @@ class RunpodQueue:
         self.execution_timeout_s = execution_timeout_s
         self.max_finished = max_finished
         self.stats = QueueStats()
-        self._jobs: dict[str, Job] = {}
-        self._queue: deque[Job] = deque()
+        self._jobs: dict[str, EmulatedJob] = {}
+        self._queue: deque[EmulatedJob] = deque()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._stops: dict[str, list[str]] = {}
         self._workers: dict[str, float] = {}
@@ -171,20 +171,20 @@ class RunpodQueue:
 
     # public side
 
-    def submit(self, job_input: Any, *, sync: bool = False, execution_timeout_s: float | None = None) -> Job:
+    def submit(self, job_input: Any, *, sync: bool = False, execution_timeout_s: float | None = None) -> EmulatedJob:
         """Queue a job; ``/runsync`` ids start with ``sync-`` as RunPod's do."""
         job_id = f"{'sync-' if sync else ''}{uuid.uuid4()}"
-        job = Job(job_id, job_input, time.monotonic(), execution_timeout_s=execution_timeout_s)
+        job = EmulatedJob(job_id, job_input, time.monotonic(), execution_timeout_s=execution_timeout_s)
         self._jobs[job_id] = job
         self._queue.append(job)
         self.stats.submitted += 1
         self._arrived.notify()
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> EmulatedJob | None:
         return self._jobs.get(job_id)
 
-    def cancel(self, job_id: str) -> Job | None:
+    def cancel(self, job_id: str) -> EmulatedJob | None:
         """Cancel a queued or running job; a finished one keeps its state."""
         job = self._jobs.get(job_id)
         if job is None or job.status in FINAL_STATUSES:
@@ -198,7 +198,7 @@ class RunpodQueue:
         log.info("job_cancelled", job_id=job.id, was=was, worker_id=job.worker_id)
         return job
 
-    def retry(self, job_id: str) -> Job | None:
+    def retry(self, job_id: str) -> EmulatedJob | None:
         """Queue a FAILED or TIMED_OUT job again under its id; other jobs are left as they are."""
         job = self._jobs.get(job_id)
         if job is None or job.status not in (FAILED, TIMED_OUT):
@@ -228,7 +228,7 @@ class RunpodQueue:
         chunks, job.stream = job.stream, []
         return chunks
 
-    async def wait_finished(self, job: Job, timeout_s: float) -> None:
+    async def wait_finished(self, job: EmulatedJob, timeout_s: float) -> None:
         """Wait until the job is final, the timeout passes, or the queue closes."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -262,7 +262,7 @@ class RunpodQueue:
 
     # worker side
 
-    async def take(self, worker_id: str, count: int, hold_s: float) -> list[Job]:
+    async def take(self, worker_id: str, count: int, hold_s: float) -> list[EmulatedJob]:
         """Up to ``count`` jobs, oldest first, waiting at most ``hold_s`` for the first."""
         self._seen(worker_id)
         self.first_polls.setdefault(worker_id, time.monotonic())
@@ -327,7 +327,7 @@ class RunpodQueue:
             log.info("worker_seen", worker_id=worker_id)
         self._workers[worker_id] = time.monotonic()
 
-    def _start(self, job: Job, worker_id: str) -> None:
+    def _start(self, job: EmulatedJob, worker_id: str) -> None:
         job.status, job.worker_id, job.started_s = IN_PROGRESS, worker_id, time.monotonic()
         self.last_busy[worker_id] = job.started_s
         self.stats.taken += 1
@@ -335,19 +335,19 @@ class RunpodQueue:
         if timeout_s is not None:
             job.timer = asyncio.get_running_loop().call_later(timeout_s, self._time_out, job)
 
-    def _time_out(self, job: Job) -> None:
+    def _time_out(self, job: EmulatedJob) -> None:
         if job.status != IN_PROGRESS:
             return
         self._end(job, TIMED_OUT)
         self._signal_stop(job)
         log.info("job_timed_out", job_id=job.id, worker_id=job.worker_id)
 
-    def _signal_stop(self, job: Job) -> None:
+    def _signal_stop(self, job: EmulatedJob) -> None:
         assert job.worker_id is not None
         self._stops.setdefault(job.worker_id, []).append(job.id)
         self._stopping.notify()
 
-    def _end(self, job: Job, status: str, result: dict[str, Any] | None = None) -> None:
+    def _end(self, job: EmulatedJob, status: str, result: dict[str, Any] | None = None) -> None:
         if job.worker_id is not None and job.status == IN_PROGRESS:
             self.last_busy[job.worker_id] = time.monotonic()
         job.status, job.finished_s, job.result = status, time.monotonic(), result or {}
@@ -500,7 +500,7 @@ class EmulatorApi:
             return _error(404, "no fleet here: start the emulator with --workers-max N")
         return _json(self.fleet_report())
 
-    async def _submit(self, request: Request, *, sync: bool, max_bytes: int) -> Job | Response:
+    async def _submit(self, request: Request, *, sync: bool, max_bytes: int) -> EmulatedJob | Response:
         """Decode ``{"input": ..., "policy"?: {"executionTimeout": ms}}`` and queue it."""
         body = await request.body()
         if len(body) > max_bytes:

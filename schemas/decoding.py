@@ -65,8 +65,8 @@ class JobSchema:
 
     def decode_input(self, obj: object) -> Operation:
         """Decode a RunPod job's ``input`` (already Python objects) with strict types."""
-        # Converting to the operation's own class, found by its tag, costs 1.8 µs; converting to
-        # the tagged union, 14 µs (msgspec has nowhere to cache a Union's type info between calls).
+        # Converting to the operation's own class, found by its tag, is several times cheaper than
+        # converting to the tagged union (msgspec has nowhere to cache a Union's type info between calls).
         # A missing or unknown tag goes through the union, for msgspec's own error message.
         operation = obj.get("operation") if isinstance(obj, dict) else None
         target = self.operation_type

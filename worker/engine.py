@@ -112,7 +112,8 @@ class NliEngine:
         return self.admission.tokenize(pairs)
 
     async def infer(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order."""
+        """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order: ``enqueue``
+        and wait, for callers without a job to account for (tests, benchmarks)."""
         return await self.enqueue(pairs).logits()
 
     def enqueue(
@@ -132,8 +133,8 @@ def _freeze_startup_objects() -> None:
     """Move what start-up built (torch, transformers, the model: ~400k objects) out of the
     collector's reach, after collecting what is already garbage.
 
-    Otherwise every full collection walks them all, a pause of about 400 ms on a 2-core CPU
-    that stalls the event loop, and so admission, for every job in flight (RELIABILITY.md).
+    Otherwise every full collection walks them all, a pause that stalls the event loop, and so
+    admission, for every job in flight (RELIABILITY.md).
     """
     gc.collect()
     gc.freeze()

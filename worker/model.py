@@ -118,9 +118,8 @@ def _segment_encoder(tokenizer: Any) -> Any | None:
     add_special_tokens=False)`` sets it up, or None for a tokenizer without one.
 
     Calling the backend directly skips transformers' per-call setup and its batch path, which
-    hands even one text to a thread pool: about half the cost (66 against 135 µs a headline on a
-    2-core CPU, BENCHMARKS.md). A copy, so that nobody else's truncation or padding settings on
-    the shared backend can leak in.
+    hands even one text to a thread pool: about half the cost (BENCHMARKS.md). A copy, so that
+    nobody else's truncation or padding settings on the shared backend can leak in.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -210,8 +209,7 @@ class NliModel:
 
     def encode_texts(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
         """``encode_text`` of many texts in one call: the Rust backend spreads them over the
-        cores and holds no GIL while it works (the premises of a 339-job burst: 25 against 58
-        µs a headline on 2 cores)."""
+        cores and holds no GIL while it works (BENCHMARKS.md)."""
         if self._segment_encoder is None or len(texts) < 2:
             return [self.encode_text(text) for text in texts]
         encodings = self._segment_encoder.encode_batch_fast(list(texts), add_special_tokens=False)

@@ -1,7 +1,7 @@
 """Operations: a decoded job input becomes a plan, its pairs and the way back from their logits.
 
 A plan holds *every* (premise, hypothesis) pair of a job, so the service makes one
-``engine.infer`` call per job and the job's pairs enter the shared queue together. The aggregator
+``engine.enqueue`` call per job and the job's pairs enter the shared queue together. The aggregator
 maps the logits rows back to the operation's typed result, always keyed by label or hypothesis
 name. Plans compose: ``classify_batch`` is many ``classify`` plans joined, ``routine_operations``
 is a ``classify`` plan joined with one plan per ticker.

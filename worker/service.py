@@ -1,4 +1,4 @@
-"""The one job path both front ends share: decode, plan, infer once, aggregate, encode.
+"""The one job path both front ends share: decode, plan, enqueue once, aggregate, encode.
 
 It runs in steps so a front end can answer "accepted" or "refused" before a job runs:
 ``admit_job`` decodes, plans and admits the job's pairs (or raises the error that refuses it),
@@ -32,8 +32,8 @@ from worker.settings import Settings
 
 log = structlog.get_logger("worker.service")
 _levels = logging.getLogger("worker.service")
-"""Its stdlib twin, asked before a per-job debug line: 0.1 µs, where structlog drops a line
-below the level only after building it (4 µs)."""
+"""Its stdlib twin, asked before a per-job debug line: a cheap check, where structlog drops a
+line below the level only after building it."""
 
 
 class Engine(Protocol):
@@ -145,8 +145,8 @@ def admit_job(
     """
     arrived = time.perf_counter() if arrived is None else arrived
     operation = _operation_of(job_input)  # a known name even when the rest does not decode
-    # Log lines name the job themselves: binding it in contextvars for each job cost the event
-    # loop about 5% of a burst (BENCHMARKS.md), and nothing this calls logs for the job.
+    # Log lines name the job themselves: binding it in contextvars for each job costs the event
+    # loop a measurable share of a burst (BENCHMARKS.md), and nothing this calls logs for the job.
     try:
         op = _decode(schema, job_input)
         operation = operation_name(op)

@@ -32,7 +32,7 @@ from worker.engine_host import EngineHost
 from worker.job_store import JobRecord, JobStore, new_job_id
 from worker.metrics import Metrics
 from worker.model import NliModel
-from worker.pod.http import NotFound
+from worker.pod.http import NoSuchResource
 from worker.pod.requests import read_body
 from worker.pod.routes import build_app
 from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
@@ -201,7 +201,7 @@ class PodApp:
     def job(self, job_id: str) -> JobRecord:
         record = self.store.get(job_id)
         if record is None:
-            raise NotFound(
+            raise NoSuchResource(
                 f"no job {job_id[:64]!r}: never accepted, or finished more than "
                 f"JOB_TTL_S={self.settings.job_ttl_s:g} s (or MAX_FINISHED_JOBS jobs or MAX_FINISHED_BYTES) ago"
             )

@@ -10,7 +10,7 @@ import ipaddress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.pod.http import Unauthorized, error_response
+from worker.pod.http import ApiKeyRefused, error_response
 from worker.settings import Settings
 
 OPEN_PATHS = frozenset({"/ping", "/metrics"})
@@ -28,7 +28,7 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        response = error_response(Unauthorized("send 'Authorization: Bearer <API_KEY>'"))
+        response = error_response(ApiKeyRefused("send 'Authorization: Bearer <API_KEY>'"))
         await response(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:

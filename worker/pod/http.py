@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from batching import ServiceError
 
-class NotFound(ServiceError):
+class NoSuchResource(ServiceError):
     code = "not_found"
     http_status = 404
 
@@ -24,7 +24,7 @@ class PayloadTooLarge(ServiceError):
     http_status = 413
 
 
-class Unauthorized(ServiceError):
+class ApiKeyRefused(ServiceError):
     code = "unauthorized"
     http_status = 401
 
@@ -46,6 +46,6 @@ def error_response(err: ServiceError, headers: dict[str, str] | None = None) -> 
     headers = dict(headers or {})
     if err.retryable:
         headers["Retry-After"] = str(max(1, math.ceil(getattr(err, "retry_after_s", 1.0))))
-    if isinstance(err, Unauthorized):
+    if isinstance(err, ApiKeyRefused):
         headers["WWW-Authenticate"] = 'Bearer realm="burst-nli"'
     return json_response({"error": str(err)}, err.http_status, headers)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from batching import ServiceError, Unavailable
 from schemas.runpod import JobView
 from worker.pod.auth import BearerAuth
-from worker.pod.http import MethodNotAllowed, NotFound, error_response, json_response
+from worker.pod.http import MethodNotAllowed, NoSuchResource, error_response, json_response
 from worker.pod.requests import parse_wait_ms
 
 if TYPE_CHECKING:
@@ -109,5 +109,5 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         allowed = (exc.headers or {}).get("Allow", "")
         return error_response(MethodNotAllowed(f"{request.method} {path}; allowed: {allowed}"), exc.headers)
     if exc.status_code == 404:
-        return error_response(NotFound(f"no route {path}"))
+        return error_response(NoSuchResource(f"no route {path}"))
     return json_response({"error": f"http_{exc.status_code}: {exc.detail}"}, exc.status_code, exc.headers)

@@ -42,7 +42,7 @@ async def running_server(
     import socket
 
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it, and without it
-    # small responses wait on Nagle's algorithm (about 40 ms a request under load).
+    # small responses wait on Nagle's algorithm (delayed ACKs) under load.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
         sock.bind((host, port))
         sock.listen(2048)  # the backlog holds early connections until uvicorn accepts them
