@@ -134,8 +134,7 @@ NOT_HERE_BLOCKS = {
     ("CLIENT.md", 'curl -s -X POST "https://api.runpod.ai'): RUNPOD,
 }
 NOT_HERE_COMMANDS = {
-    ("README.md", "docker build -f Dockerfile.gpu --build-arg MODEL_NAME=typeform/distilbert-base-uncased-mnli -t burst-nli:gpu ."): DOCKER,
-    ("README.md", "python -m worker serverless"): "polls RunPod's queue (the emulator scenario runs it against a local one)",
+    ("API.md", "python -m worker serverless"): "polls RunPod's queue (the emulator scenario runs it against a local one)",
 }
 BY_CI_SCRIPT = {  # a README command: what .ci/run holds that runs it
     "make run": ["make run"],
@@ -232,7 +231,7 @@ def test_every_command_is_run_or_says_why_not() -> None:
 
 
 def serverless_commands() -> list[Command]:
-    return block("README.md", "python -m worker serverless")[1:]
+    return block("API.md", "python -m worker serverless")[1:]
 
 
 def test_the_serverless_worker_runs_a_test_input(tmp_path: Path) -> None:
@@ -254,7 +253,7 @@ def test_the_sdk_local_api_serves_on_port_8000(tmp_path: Path) -> None:
 
 
 def emulator_commands() -> list[Command]:
-    return block("README.md", "python -m loadtest emulate-runpod --port 8080")
+    return block("TRACES.md", "python -m loadtest emulate-runpod --port 8080")
 
 
 def test_the_local_runpod_queue_serves_a_job_to_a_real_worker(tmp_path: Path) -> None:
@@ -269,7 +268,7 @@ def test_the_local_runpod_queue_serves_a_job_to_a_real_worker(tmp_path: Path) ->
 
 
 def pod_commands() -> list[Command]:
-    return [command("README.md", "MODEL_NAME=synthetic:tiny API_KEY=change-me python -m worker pod"),
+    return [command("API.md", "MODEL_NAME=synthetic:tiny API_KEY=change-me python -m worker pod"),
             *block("README.md", "export API_KEY=s3cret;")]  # fmt: skip
 
 
@@ -321,7 +320,7 @@ def test_the_pod_session_prints_what_the_readme_shows(tmp_path: Path) -> None:
 
 
 def trace_commands() -> list[Command]:
-    return block("README.md", "python -m loadtest generate --out day.jsonl")
+    return block("TRACES.md", "python -m loadtest generate --out day.jsonl")
 
 
 def test_the_trace_commands_generate_and_replay(tmp_path: Path) -> None:
@@ -337,7 +336,7 @@ def test_the_trace_commands_generate_and_replay(tmp_path: Path) -> None:
 
 
 def bake_commands() -> list[Command]:
-    return [command("README.md", "python -m worker bake-model --model synthetic:tiny")]
+    return [command("DEPLOYMENT.md", "python -m worker bake-model --model synthetic:tiny")]
 
 
 def test_bake_model_writes_a_loadable_directory(tmp_path: Path) -> None:

@@ -13,14 +13,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m worker",
         description="burst-nli: zero-shot NLI for bursts of financial-news jobs. "
-        "Settings come from environment variables (see README.md).",
+        "Settings come from environment variables (see docs/SETTINGS.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "serverless",
         help="run as a RunPod serverless worker (the SDK's --test_input and --rp_serve_api work too)",
     )
-    pod = commands.add_parser("pod", help="serve the RunPod job API over HTTP, always on (see README.md)")
+    pod = commands.add_parser("pod", help="serve the RunPod job API over HTTP, always on (see docs/API.md)")
     pod.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     pod.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     pod.add_argument(

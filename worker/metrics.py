@@ -1,6 +1,6 @@
 """Prometheus metrics, shared by the serverless and pod front ends.
 
-The names are a contract with dashboards (see README.md): change them only with a note. A
+The names are a contract with dashboards (docs/METRICS.md): change them only with a note. A
 registry is passed in, so tests and several workers in one process never collide on the global
 one. Sizes use power-of-two buckets (batches are cut to powers of two and padded to multiples of
 8); times run from a tenth of a millisecond to tens of seconds.
