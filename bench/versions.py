@@ -4,7 +4,7 @@
     python bench/versions.py --before v1 --after v2 --rounds 12  # any two revisions
 
 On a shared machine, runs of the same code minutes apart differ by more than a per-job saving of
-a few microseconds (BENCHMARKS.md: 104–161 ms medians for one version). So each version runs in
+a few microseconds. So each version runs in
 its own process, the two alternating ``--rounds`` times, and the table reports every round's pair
 and the median of the ratios. A process loads the synthetic model, starts an engine with the
 emulated forward (``bench/emulated.py``, the GPU's batch budget, no premise cache, metrics on,
