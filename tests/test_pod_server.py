@@ -221,19 +221,21 @@ async def test_sigterm_mid_burst_drains_the_jobs_in_flight_then_exits_0(tmp_path
 
 @asynccontextmanager
 async def pod_process(
-    cwd: Path, lines: list[dict], env: dict[str, str], *args: str
+    cwd: Path, lines: list[dict], env: dict[str, str], *args: str, port: int | None = 0
 ) -> AsyncIterator[tuple[anyio.abc.Process, JsonLines, httpx.AsyncClient]]:
-    """``python -m worker pod`` on a free loopback port with ``synthetic:tiny`` and ``env``; yields
-    it, its log reader (lines read land in ``lines``) and a client once it serves. Killed on error."""
+    """``python -m worker pod`` on a free loopback port (``port=None``: as ``PORT`` says) with
+    ``synthetic:tiny`` and ``env``; yields it, its log reader (lines read land in ``lines``) and a
+    client once it serves. Killed on error."""
     env = {**{k: v for k, v in os.environ.items() if k != "API_KEY"}, "MODEL_NAME": "synthetic:tiny",
            "DEVICE": "cpu", "WARMUP_MAX_LEN": "16", "PYTHONPATH": str(ROOT), **env}  # fmt: skip
-    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", "0", *args]
+    ports = [] if port is None else ["--port", str(port)]
+    command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", *ports, *args]
     async with await anyio.open_process(command, env=env, stderr=None, cwd=cwd) as process:
         assert process.stdout is not None
         try:
             reader = JsonLines(process.stdout)
-            started = await reader.until(lambda line: line["event"].startswith("Uvicorn running on"), lines)
-            async with httpx.AsyncClient(base_url=started["event"].split()[3], timeout=30) as client:
+            started = await reader.until(lambda line: line["event"] == "pod_listening", lines)
+            async with httpx.AsyncClient(base_url=started["url"], timeout=30) as client:
                 await wait_until_ready(client)
                 yield process, reader, client
         except BaseException:
@@ -270,3 +272,87 @@ class JsonLines:
                     if wanted(line):
                         return line
             self._buffer += await self._stream.receive()
+
+
+# ---- RunPod parity: the SDK's own client, the /v2 prefix, the load balancer's ports -----------------
+
+
+async def test_the_runpod_sdks_endpoint_client_drives_the_pod(pod_server, monkeypatch) -> None:
+    # A trading pipeline written against a RunPod endpoint with runpod.Endpoint: only the base
+    # URL changes (RUNPOD_ENDPOINT_BASE_URL, which the SDK reads at import; set here directly).
+    import runpod
+
+    job = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend", "company": "Apple"}
+    async with pod_server(api_key="k3y") as base_url:
+        monkeypatch.setattr(runpod, "endpoint_url_base", f"{base_url}/v2")
+
+        def as_a_caller_would() -> tuple:
+            endpoint = runpod.Endpoint("any-endpoint-id", api_key="k3y")
+            submitted = endpoint.run(job)
+            output = submitted.output(timeout=60)
+            status = submitted.status()
+            synced = endpoint.run_sync({"input": job}, timeout=60)
+            cancelled = endpoint.run({"input": job}).cancel()
+            return submitted.job_id, output, status, synced, cancelled, endpoint.health(), endpoint.purge_queue()
+
+        job_id, output, status, synced, cancelled, health, purged = await anyio.to_thread.run_sync(as_a_caller_would)
+    assert status == "COMPLETED" and output["headline"] == job["headline"] and "is_about_company" in output
+    assert synced == output  # the same job, the same scores
+    assert cancelled["status"] in ("CANCELLED", "COMPLETED")  # it may have finished before the cancel
+    assert health["jobs"]["completed"] >= 2 and health["model"]["ready"] is True
+    assert purged == {"removed": 0, "status": "completed"}
+    assert len(job_id) == 36
+
+
+async def test_a_configured_endpoint_id_serves_only_its_own_prefix(pod_server) -> None:
+    job = {"input": {"operation": "classify", "headline": "Fed Raises Rates"}}
+    async with pod_server(runpod_endpoint_id="abc123") as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        ours = await client.post("/v2/abc123/runsync", json=job)
+        bare = await client.post("/runsync", json=job)
+        other = await client.post("/v2/someone-else/runsync", json=job)
+        ping = await client.get("/v2/abc123/ping")
+    assert ours.json()["status"] == bare.json()["status"] == "COMPLETED"
+    assert other.status_code == 404 and other.json() == {"error": "not_found: no endpoint 'someone-else' here"}
+    assert ping.status_code == 200
+
+
+async def test_silent_and_slow_connections_are_closed(pod_server) -> None:
+    # One connects and never sends; one sends half a request head and stops (slowloris). Both
+    # would hold a connection for ever; a client that sends its request in time is served.
+    async with pod_server(keep_alive_s=0.5, header_timeout_s=0.5) as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        async with (
+            await anyio.connect_tcp(host, int(port)) as silent,
+            await anyio.connect_tcp(host, int(port)) as slow,
+            await anyio.connect_tcp(host, int(port)) as prompt,
+        ):
+            assert (await _get_ping(prompt)).startswith(b"HTTP/1.1 200")  # sent at once: served
+            await slow.send(b"GET /ping HTTP/1.1\r\nHost: x\r\n")  # and the rest never comes
+            with anyio.fail_after(10):
+                for stream in (silent, slow):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await stream.receive()  # the server closed it
+
+
+async def test_port_and_port_health_as_a_load_balancing_endpoint_sets_them(tmp_path: Path) -> None:
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    port, health = free_port(), free_port()
+    env = {"PORT": str(port), "PORT_HEALTH": str(health)}
+    lines: list[dict] = []
+    with anyio.fail_after(90):
+        async with pod_process(tmp_path, lines, env, port=None) as (process, reader, client):
+            assert str(client.base_url).endswith(f":{port}")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{health}") as probe:
+                health_ping = await probe.get("/ping")
+                health_run = await probe.post("/run", json={"input": {"operation": "classify", "headline": "x"}})
+            main_ping = await client.get("/ping")
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert health_ping.status_code == main_ping.status_code == 200
+    assert health_run.status_code == 404 and health_run.json()["error"].startswith("not_found: port")

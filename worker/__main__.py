@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     pod = commands.add_parser("pod", help="serve the RunPod job API over HTTP, always on (see docs/API.md)")
     pod.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    pod.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    pod.add_argument("--port", type=int, help="port to bind (default: $PORT, else 8000)")
     pod.add_argument(
         "--insecure",
         action="store_true",

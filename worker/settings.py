@@ -72,6 +72,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Pod mode: how long an idle HTTP connection stays open. Longer than clients' pools (httpx
     5 s, aiohttp 15 s) and any load balancer in front keep one, so they close it first: a request
     sent as the server closed the connection would be reset unanswered."""
+    header_timeout_s: float = 10.0
+    """Pod mode: a request head must arrive whole within this many seconds of its first byte,
+    or the connection is closed (slow clients, slowloris); a connection that sends nothing is
+    closed after ``keep_alive_s``."""
+    port: int | None = None
+    """Pod mode: the port to serve on when ``--port`` is not given (8000 without either), as
+    RunPod's load-balancing endpoints set it."""
+    port_health: int | None = None
+    """Pod mode: a second port that answers only ``/ping``, as RunPod's load-balancing endpoints
+    probe it; unset or equal to the port, ``/ping`` is on the port itself."""
+    runpod_endpoint_id: str | None = None
+    """Pod mode: serve ``/v2/<id>/...`` only for this endpoint id (RunPod sets it on its workers);
+    unset, any id."""
     metrics_port: int | None = None
     """Serverless mode: serve Prometheus ``/metrics`` on this port (pod mode serves it on its own port)."""
     limits: Limits = Limits()

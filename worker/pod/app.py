@@ -215,6 +215,14 @@ class PodApp:
             log.info("job_cancel_requested", job_id=record.id, operation=record.operation)
         return record
 
+    def purge_queue(self) -> int:
+        """Cancel the jobs no task has picked up yet, as RunPod's ``/purge-queue`` drops the
+        jobs no worker has taken; how many. Jobs already running are left to finish."""
+        waiting = [record for record in self.store.in_flight() if record.status == IN_QUEUE]
+        for record in waiting:
+            self.cancel(record.id)
+        return len(waiting)
+
     # ---- views --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""The pod's routes over a ``PodApp``: RunPod's job API, health, ping and metrics."""
+"""The pod's routes over a ``PodApp``: RunPod's job API, health, ping and metrics.
+
+Every route answers both bare (``/run``) and under RunPod's prefix (``/v2/<endpoint_id>/run``),
+so a client built for a RunPod endpoint, the SDK's ``runpod.Endpoint`` included, works against a
+pod with only its base URL changed. With ``RUNPOD_ENDPOINT_ID`` set, only that id is served.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import ServiceError, Unavailable
 from schemas.runpod import JobView
@@ -49,6 +55,9 @@ def build_app(pod: PodApp) -> Starlette:
     async def health(request: Request) -> Response:
         return json_response(pod.health())
 
+    async def purge_queue(request: Request) -> Response:
+        return json_response({"removed": pod.purge_queue(), "status": "completed"})
+
     async def ping(request: Request) -> Response:
         if pod.engine is not None and not pod.closing:
             return json_response({"status": "healthy"})
@@ -74,10 +83,13 @@ def build_app(pod: PodApp) -> Starlette:
         Route("/status/{job_id}", status, methods=["GET", "POST"]),
         Route("/cancel/{job_id}", cancel, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        Route("/purge-queue", purge_queue, methods=["POST"]),
         Route("/ping", ping, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    middleware = [Middleware(BearerAuth, api_key=pod.settings.api_key)] if pod.settings.api_key else []
+    middleware = [Middleware(EndpointPrefix, endpoint_id=pod.settings.runpod_endpoint_id)]
+    if pod.settings.api_key:
+        middleware.append(Middleware(BearerAuth, api_key=pod.settings.api_key))
     return Starlette(
         routes=routes,
         middleware=middleware,
@@ -111,3 +123,23 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         return error_response(NoSuchResource(f"no route {path}"))
     return json_response({"error": f"http_{exc.status_code}: {exc.detail}"}, exc.status_code, exc.headers)
+
+
+class EndpointPrefix:
+    """``/v2/<endpoint_id>/<route>`` is ``/<route>``: RunPod's URL layout, for any id or only
+    ``endpoint_id`` when one is configured."""
+
+    def __init__(self, app: ASGIApp, endpoint_id: str | None) -> None:
+        self.app = app
+        self.endpoint_id = endpoint_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/v2/"):
+            endpoint_id, slash, rest = path[len("/v2/") :].partition("/")
+            if self.endpoint_id is not None and endpoint_id != self.endpoint_id:
+                response = error_response(NoSuchResource(f"no endpoint {endpoint_id[:64]!r} here"))
+                await response(scope, receive, send)
+                return
+            scope = {**scope, "path": slash + rest, "raw_path": (slash + rest).encode()}
+        await self.app(scope, receive, send)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -16,17 +17,59 @@ from typing import Any
 import anyio
 import structlog
 import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.trace import TraceRecorder
 from worker.model import NliModel
 from worker.pod.app import PodApp
 from worker.pod.auth import bind_refusal
+from worker.pod.connections import http_protocol
+from worker.pod.http import NoSuchResource, error_response
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.pod")
 
 GRACEFUL_SHUTDOWN_S = 30.0
 """Once the drain is over, uvicorn lets open requests finish for this long."""
+DEFAULT_PORT = 8000
+
+
+def _http(settings: Settings) -> type:
+    return http_protocol(idle_s=settings.keep_alive_s, head_s=settings.header_timeout_s)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (IPv6 for a bracketed or colon address), as uvicorn binds one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class PingOnlyOn:
+    """On ``port``, only ``/ping`` (under RunPod's prefix too) is served: a health port."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app, self.port = app, port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") or (None, None)
+        if scope["type"] == "http" and server[1] == self.port and not scope["path"].endswith("/ping"):
+            await error_response(NoSuchResource(f"port {self.port} serves /ping only"))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 @asynccontextmanager
@@ -39,8 +82,6 @@ async def running_server(
     and listens before uvicorn starts, so clients may connect at once; the block starts once
     the engine serves jobs. Leaving it stops the server, then the engine.
     """
-    import socket
-
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name it, and without it
     # small responses wait on Nagle's algorithm (delayed ACKs) under load.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
@@ -50,7 +91,7 @@ async def running_server(
         async with PodApp(settings, model=model) as pod:
             await pod.wait_ready()
             config = uvicorn.Config(
-                pod.app, log_config=None, access_log=False, lifespan="off", ws="none",
+                pod.app, log_config=None, access_log=False, lifespan="off", ws="none", http=_http(settings),
                 timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             )  # fmt: skip
             server = uvicorn.Server(config)
@@ -62,8 +103,13 @@ async def running_server(
                     server.should_exit = True
 
 
-def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, record: str | None = None) -> int:
+def serve(
+    settings: Settings, *, host: str, port: int | None = None, insecure: bool = False, record: str | None = None
+) -> int:
     """Run the pod server until SIGINT/SIGTERM; the exit status (2: refused to start).
+
+    ``port`` (else ``PORT``, else 8000) serves everything; ``PORT_HEALTH``, when it is another
+    port, serves ``/ping`` alone, as RunPod's load-balancing endpoints probe it.
 
     The HTTP server answers before the model has loaded (``/ping`` 204, jobs 503). The first
     SIGTERM or SIGINT drains the pod (``PodApp.drain``: ``/ping`` and new jobs 503, jobs in
@@ -76,17 +122,33 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, r
     if refusal is not None:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
+    port = next(p for p in (port, settings.port, DEFAULT_PORT) if p is not None)
+    health_port = settings.port_health if settings.port_health not in (None, port) else None
+    sockets: list[socket.socket] = []
+    try:
+        for each in (port, health_port):
+            if each is not None:
+                sockets.append(_listen(host, each))
+    except OSError as err:
+        print(f"error: cannot listen on {host}, port {each}: {err}", file=sys.stderr)
+        for sock in sockets:
+            sock.close()
+        return 2
     try:
         recorder = TraceRecorder(record) if record else None
     except (OSError, ValueError) as err:
         print(f"error: --record {record}: {err}", file=sys.stderr)
+        for sock in sockets:
+            sock.close()
         return 2
     logging.getLogger("uvicorn").setLevel(logging.NOTSET)  # importing runpod held it at WARNING
     pod = PodApp(settings, recorder=recorder)
+    app = PingOnlyOn(pod.app, health_port) if health_port else pod.app
     config = uvicorn.Config(
-        pod.app,
+        app,
         host=host,
-        port=port,
+        port=port,  # bound above (sockets); uvicorn names them in its "running on" line
+        http=_http(settings),
         log_config=None,
         access_log=settings.log_level.upper() == "DEBUG",
         lifespan="on",
@@ -95,11 +157,15 @@ def serve(settings: Settings, *, host: str, port: int, insecure: bool = False, r
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = _DrainingServer(config, pod)
-    log.info("pod_starting", host=host, port=port, auth=settings.api_key is not None, record=record)
+    urls = [_url(sock) for sock in sockets]  # the ports bound (port 0: the one the system chose)
+    log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None,
+             auth=settings.api_key is not None, record=record)  # fmt: skip
     try:
         with _signals_end_quietly():
-            server.run()
+            server.run(sockets=sockets)
     finally:
+        for sock in sockets:
+            sock.close()
         if recorder is not None:
             recorder.close()
     return 0 if server.started else 1
