@@ -85,6 +85,8 @@ class RunRequest(msgspec.Struct, kw_only=True):
 
     input: msgspec.Raw = msgspec.Raw()
     policy: RunPolicy | None = None
+    webhook: str | None = None
+    """Where the ended job is POSTed (the pod; RunPod's endpoints do the same)."""
 
     @property
     def timeout_s(self) -> float | None:

@@ -44,6 +44,8 @@ class JobRecord:
     error: str | None = None
     size_bytes: int = 0
     """What its output or error weighs as JSON, once it has ended."""
+    webhook: str | None = None
+    """Where its ended status is POSTed, if anywhere."""
     done: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
@@ -78,10 +80,10 @@ class JobStore:
         self._finished_bytes = 0
         self._counts = dict.fromkeys(STATUSES, 0)
 
-    def add(self, operation: str, job_id: str | None = None) -> JobRecord:
+    def add(self, operation: str, job_id: str | None = None, *, webhook: str | None = None) -> JobRecord:
         """Record a newly accepted job (``IN_QUEUE``) under a fresh uuid4 unless given one."""
         self._expire()
-        record = JobRecord(id=job_id or new_job_id(), operation=operation, arrived=self.clock())
+        record = JobRecord(id=job_id or new_job_id(), operation=operation, arrived=self.clock(), webhook=webhook)
         self._jobs[record.id] = record
         self._counts[IN_QUEUE] += 1
         return record

@@ -82,6 +82,10 @@ class Metrics:
         self.rejected = Counter(
             "nli_rejected", "Jobs refused before any work, by reason.", ["reason"], registry=registry
         )
+        self.webhooks = Counter(
+            "nli_webhooks", "Pod: ended jobs POSTed to their webhook, by result (delivered, failed).", ["result"],
+            registry=registry,
+        )  # fmt: skip
         self.model_load = Gauge("nli_model_load_seconds", "Time to load the model's weights.", registry=registry)
         self.model_warmup = Gauge(
             "nli_model_warmup_seconds", "Time to warm every length bucket at start-up.", registry=registry

@@ -72,6 +72,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Pod mode: how long an idle HTTP connection stays open. Longer than clients' pools (httpx
     5 s, aiohttp 15 s) and any load balancer in front keep one, so they close it first: a request
     sent as the server closed the connection would be reset unanswered."""
+    webhook_attempts: int = 3
+    """Pod mode: tries to POST an ended job to its ``webhook`` (RunPod: 3)."""
+    webhook_retry_s: float = 10.0
+    """Pod mode: the wait between two tries of a webhook (RunPod: 10 s)."""
+    webhook_timeout_s: float = 10.0
+    """Pod mode: how long one try of a webhook may take."""
+    webhook_allow_private: bool = False
+    """Pod mode: allow webhooks to loopback, private and other internal addresses (off: a
+    caller could otherwise make the pod call services behind its firewall)."""
     header_timeout_s: float = 10.0
     """Pod mode: a request head must arrive whole within this many seconds of its first byte,
     or the connection is closed (slow clients, slowloris); a connection that sends nothing is

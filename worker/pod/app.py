@@ -34,6 +34,7 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
 from worker.pod.requests import read_body
+from worker.pod.webhooks import WebhookSender, check_webhook
 from worker.pod.routes import build_app
 from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
 from worker.settings import Settings
@@ -69,6 +70,12 @@ class PodApp:
                               max_bytes=settings.max_finished_bytes, clock=clock)  # fmt: skip
         self.metrics.watch_job_store(lambda: len(self.store), lambda: self.store.finished_bytes)
         self.host = EngineHost(settings, model=model, load_model=load_model, metrics=self.metrics)
+        self.webhooks = WebhookSender(
+            attempts=settings.webhook_attempts, retry_s=settings.webhook_retry_s,
+            timeout_s=settings.webhook_timeout_s, allow_private=settings.webhook_allow_private,
+        )  # fmt: skip
+        self._deliveries = 0
+        self._deliveries_done = anyio.Event()
         self.closing = False
         self.drain_over = anyio.Event()
         """Set once a drain has ended: open ``/runsync`` waits answer with the job as it stands."""
@@ -95,6 +102,7 @@ class PodApp:
         try:
             return await self._task_group.__aexit__(*exc_info)
         finally:
+            await self.webhooks.aclose()
             log.info("pod_stopped", jobs=self.store.counts())
 
     @property
@@ -114,6 +122,8 @@ class PodApp:
         with anyio.move_on_after(timeout_s):
             for record in in_flight:
                 await record.done.wait()
+            if self._deliveries:  # the ended jobs' webhooks, retries included
+                await self._deliveries_done.wait()
             if in_flight:
                 await anyio.sleep(DRAIN_READ_S)
         left = len(self.store.in_flight())
@@ -149,6 +159,8 @@ class PodApp:
         try:
             engine = self.serving_engine()
             body = decode_run_request(await read_body(request, self.settings.max_body_bytes))
+            if body.webhook is not None:
+                check_webhook(body.webhook, allow_private=self.settings.webhook_allow_private)
         except ServiceError as err:  # refused before it was a job: no operation to count it under
             log.info("request_refused", path=request.url.path, error=str(err), code=err.code)
             self.metrics.observe_rejection(err.code)
@@ -159,7 +171,7 @@ class PodApp:
             engine, self.schema, job_input, job_id=job_id, metrics=self.metrics, timeout_s=body.timeout_s
         )
         await accept_job(admitted)  # its tokens counted too: a job that does not fit is a 429 now
-        record = self.store.add(admitted.operation, job_id)
+        record = self.store.add(admitted.operation, job_id, webhook=body.webhook)
         self._record(body.input)
         assert self._task_group is not None
         self._task_group.start_soon(self._run_job, record, admitted, name=f"job {job_id}")
@@ -190,6 +202,26 @@ class PodApp:
             view = record.view()
             times = {"delay_ms": view.delay_time_ms, "execution_ms": view.execution_time_ms}
             log.info("job_ended", **named, status=record.status, **times)
+            if record.webhook is not None:
+                self._start_delivery(record.webhook, msgspec.json.encode(view), record.id)
+
+    def _start_delivery(self, url: str, body: bytes, job_id: str) -> None:
+        assert self._task_group is not None
+        if not self._deliveries:
+            self._deliveries_done = anyio.Event()
+        self._deliveries += 1
+        self._task_group.start_soon(self._deliver, url, body, job_id, name=f"webhook {job_id}")
+
+    async def _deliver(self, url: str, body: bytes, job_id: str) -> None:
+        try:
+            delivered = await self.webhooks.deliver(url, body, job_id=job_id)
+            self.metrics.webhooks.labels(result="delivered" if delivered else "failed").inc()
+        except Exception:  # a bug here must not take the task group, and the server, down
+            log.exception("webhook_crashed", job_id=job_id)
+        finally:
+            self._deliveries -= 1
+            if not self._deliveries:
+                self._deliveries_done.set()
 
     def _end(self, record: JobRecord, outcome: JobOutcome) -> None:
         if outcome.error is None:
