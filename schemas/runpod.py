@@ -70,6 +70,54 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every error answer: ``{"error": "<code>: <message>"}``, the code stable, the message naming
+    the field at fault where there is one."""
+
+    error: str
+
+
+class JobCounts(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Jobs held by status, as RunPod's ``/health`` counts them."""
+
+    in_queue: int
+    in_progress: int
+    completed: int
+    failed: int
+    cancelled: int
+    timed_out: int
+
+
+class ModelState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    name: str
+    device: str | None
+    dtype: str | None
+    ready: bool
+    error: str | None = None
+    """Why the model or its engine stopped, once it has."""
+
+
+class QueueState(msgspec.Struct, frozen=True, kw_only=True):
+    pairs: int
+    """Pairs waiting for a batch."""
+    tokens: int
+
+
+class HealthView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A pod's ``/health``: RunPod's job counts, then the model and the shared queue."""
+
+    jobs: JobCounts
+    model: ModelState
+    queue: QueueState | None = None
+
+
+class PurgeResult(msgspec.Struct, frozen=True):
+    """``/purge-queue``: how many jobs no worker had taken were dropped."""
+
+    removed: int
+    status: str = "completed"
+
+
 class RunPolicy(msgspec.Struct, kw_only=True):
     """RunPod's per-job ``policy``; only ``executionTimeout`` (ms) is acted on."""
 

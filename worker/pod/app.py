@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import msgspec
@@ -25,7 +24,19 @@ from starlette.requests import Request
 
 from batching import ServiceError, Unavailable
 from schemas import build_job_schema
-from schemas.runpod import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, IN_QUEUE, TIMED_OUT, decode_run_request
+from schemas.runpod import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    IN_QUEUE,
+    TIMED_OUT,
+    HealthView,
+    JobCounts,
+    ModelState,
+    QueueState,
+    decode_run_request,
+)
 from schemas.trace import TraceRecorder
 from worker.engine import NliEngine
 from worker.engine_host import EngineHost
@@ -257,29 +268,22 @@ class PodApp:
 
     # ---- views --------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """``/health``: RunPod's job counts (camelCase, as its endpoints answer), the model, the queue."""
+    def health(self) -> HealthView:
+        """``/health``: RunPod's job counts, the model, the queue."""
         counts = self.store.counts()
         engine = self.engine
         model = engine.model if engine is not None else None
-        body: dict[str, Any] = {
-            "jobs": {
-                "inQueue": counts[IN_QUEUE],
-                "inProgress": counts[IN_PROGRESS],
-                "completed": counts[COMPLETED],
-                "failed": counts[FAILED],
-                "cancelled": counts[CANCELLED],
-                "timedOut": counts[TIMED_OUT],
-            },
-            "model": {
-                "name": self.settings.model_name,
-                "device": str(model.device) if model is not None else self.settings.device,
-                "dtype": str(model.dtype).removeprefix("torch.") if model is not None else self.settings.dtype,
-                "ready": engine is not None and not self.closing,
-            },
-        }
-        if engine is not None:
-            body["queue"] = {"pairs": engine.queued_pairs, "tokens": engine.queued_tokens}
-        if self.failure is not None:
-            body["model"]["error"] = str(self.failure)
-        return body
+        return HealthView(
+            jobs=JobCounts(
+                in_queue=counts[IN_QUEUE], in_progress=counts[IN_PROGRESS], completed=counts[COMPLETED],
+                failed=counts[FAILED], cancelled=counts[CANCELLED], timed_out=counts[TIMED_OUT],
+            ),
+            model=ModelState(
+                name=self.settings.model_name,
+                device=str(model.device) if model is not None else self.settings.device,
+                dtype=str(model.dtype).removeprefix("torch.") if model is not None else self.settings.dtype,
+                ready=engine is not None and not self.closing,
+                error=None if self.failure is None else str(self.failure),
+            ),
+            queue=None if engine is None else QueueState(pairs=engine.queued_pairs, tokens=engine.queued_tokens),
+        )  # fmt: skip

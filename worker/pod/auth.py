@@ -13,8 +13,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from worker.pod.http import ApiKeyRefused, error_response
 from worker.settings import Settings
 
-OPEN_PATHS = frozenset({"/ping", "/metrics"})
-"""Routes that need no API key: load-balancer health checks and Prometheus scrapes."""
+OPEN_PATHS = frozenset({"/ping", "/metrics", "/openapi.json"})
+"""Routes that need no API key: load-balancer health checks, Prometheus scrapes, the contract."""
 
 
 class BearerAuth:

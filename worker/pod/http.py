@@ -13,6 +13,7 @@ import msgspec
 from starlette.responses import Response
 
 from batching import ServiceError
+from schemas.runpod import ErrorBody
 
 class NoSuchResource(ServiceError):
     code = "not_found"
@@ -48,4 +49,4 @@ def error_response(err: ServiceError, headers: dict[str, str] | None = None) -> 
         headers["Retry-After"] = str(max(1, math.ceil(getattr(err, "retry_after_s", 1.0))))
     if isinstance(err, ApiKeyRefused):
         headers["WWW-Authenticate"] = 'Bearer realm="burst-nli"'
-    return json_response({"error": str(err)}, err.http_status, headers)
+    return json_response(ErrorBody(str(err)), err.http_status, headers)

@@ -22,9 +22,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import ServiceError, Unavailable
-from schemas.runpod import JobView
+from schemas.runpod import JobView, PurgeResult
 from worker.pod.auth import BearerAuth
 from worker.pod.http import MethodNotAllowed, NoSuchResource, error_response, json_response
+from worker.pod.openapi import openapi_document
 from worker.pod.requests import parse_wait_ms
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def build_app(pod: PodApp) -> Starlette:
         return json_response(pod.health())
 
     async def purge_queue(request: Request) -> Response:
-        return json_response({"removed": pod.purge_queue(), "status": "completed"})
+        return json_response(PurgeResult(pod.purge_queue()))
 
     async def ping(request: Request) -> Response:
         if pod.engine is not None and not pod.closing:
@@ -64,6 +65,11 @@ def build_app(pod: PodApp) -> Starlette:
         if pod.failure is None and not pod.closing:
             return Response(status_code=204)  # loading: RunPod's load balancer waits
         return error_response(pod.failure or Unavailable("the server is shutting down"))
+
+    document = openapi_document(pod.settings)
+
+    async def openapi(request: Request) -> Response:
+        return json_response(document)
 
     async def metrics(request: Request) -> Response:
         encode, content_type = choose_encoder(request.headers.get("accept"))
@@ -86,6 +92,7 @@ def build_app(pod: PodApp) -> Starlette:
         Route("/purge-queue", purge_queue, methods=["POST"]),
         Route("/ping", ping, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     middleware = [Middleware(EndpointPrefix, endpoint_id=pod.settings.runpod_endpoint_id)]
     if pod.settings.api_key:
