@@ -25,9 +25,10 @@ Why not the runpod SDK's ``Endpoint``: it is synchronous (requests), its ``run_s
   ``HttpError`` has the status and the body; ``Unauthorized`` for 401/403.
 * **Explicit timeouts**: per request (connect and total) and a total for ``wait``/``runsync``.
 
-``/runsync?wait=`` is in milliseconds: 1000 to 300000 on RunPod (default 90000), 0 to 300000 on
-the pod (default 60000); ``runsync(wait_s=...)`` converts and clamps to the range both accept. A ``/runsync`` that runs out of wait returns the job still
-IN_QUEUE/IN_PROGRESS: ``runsync`` then polls ``/status`` until its total timeout.
+``/runsync?wait=`` is in milliseconds: 1000 to 300000 on RunPod, 0 to 300000 on the pod (default
+90000 on both); ``runsync(wait_s=...)`` converts and clamps to the range both accept. A
+``/runsync`` that runs out of wait returns the job still IN_QUEUE/IN_PROGRESS: ``runsync`` then
+polls ``/status`` until its total timeout.
 """
 
 from __future__ import annotations

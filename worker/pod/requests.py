@@ -10,7 +10,7 @@ from starlette.requests import Request
 from batching import InvalidInput
 from worker.pod.http import PayloadTooLarge
 
-RUNSYNC_DEFAULT_WAIT_MS = 60_000
+RUNSYNC_DEFAULT_WAIT_MS = 90_000
 RUNSYNC_MAX_WAIT_MS = 300_000
 """``/runsync?wait=`` is in milliseconds, as on RunPod's endpoints (1000 to 300000 there)."""
 
