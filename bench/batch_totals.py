@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 _SAMPLES = {
     "nli_batch_pairs_count": "batches",
     "nli_batch_pairs_sum": "pairs",
-    "nli_padding_efficiency_sum": "efficiency_sum",
+    "nli_padding_efficiency_ratio_sum": "efficiency_sum",
     "nli_batch_seconds_sum": "compute_s",
     "nli_gpu_idle_seconds_sum": "idle_gap_s",
 }

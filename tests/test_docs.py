@@ -141,7 +141,7 @@ BY_CI_SCRIPT = {  # a README command: what .ci/run holds that runs it
     "make test": ["make test"],
     "make check-images": ["make check-images"],
     "BURST_NLI_REQUIRE_PROMETHEUS=1 make test": ["BURST_NLI_REQUIRE_PROMETHEUS=1", "make test"],
-    "sudo apt-get install -y prometheus": ["apt-get install", "prometheus"],
+    "sudo apt-get install -y prometheus prometheus-pushgateway": ["apt-get install", "prometheus", "prometheus-pushgateway"],
 }
 
 

@@ -19,7 +19,7 @@ from worker.settings import Settings
 
 CONTRACT = (
     "nli_jobs_total", "nli_job_latency_seconds", "nli_queue_wait_seconds", "nli_batch_pairs", "nli_batch_tokens",
-    "nli_padding_efficiency", "nli_batch_seconds", "nli_gpu_idle_seconds", "nli_queue_pairs", "nli_inflight_jobs",
+    "nli_padding_efficiency_ratio", "nli_batch_seconds", "nli_gpu_idle_seconds", "nli_queue_pairs", "nli_inflight_jobs",
     "nli_rejected_total", "nli_model_load_seconds", "nli_pairs_merged_total",
 )  # fmt: skip
 
@@ -58,7 +58,7 @@ async def test_jobs_batches_rejections_and_gauges_are_counted(tiny_model: NliMod
     assert pairs == 3 * 5 + 15  # classify without a company: 5 pairs a headline
     assert value(metrics, "nli_queue_wait_seconds_count") == pairs
     assert value(metrics, "nli_batch_pairs_count") == value(metrics, "nli_batch_seconds_count") >= 1
-    assert 0 < value(metrics, "nli_padding_efficiency_sum") <= value(metrics, "nli_padding_efficiency_count")
+    assert 0 < value(metrics, "nli_padding_efficiency_ratio_sum") <= value(metrics, "nli_padding_efficiency_ratio_count")
     assert value(metrics, "nli_pairs_merged_total") == 14  # the nli job's 15 identical pairs ran as one row
     assert value(metrics, "nli_model_ready") == 0  # the engine stopped
 
@@ -72,3 +72,20 @@ async def test_a_cancelled_job_is_counted_as_cancelled(tiny_model: NliModel) -> 
             scope.cancel()
             await finish_job(job)
     assert value(metrics, "nli_jobs_total", operation="classify", status="cancelled") == 1
+
+
+async def test_build_process_and_budget_series_are_in_the_workers_registry(tiny_model: NliModel) -> None:
+    """What an operator reads beside the nli_ series: which build runs which model, the process's
+    CPU and memory (in our own registry, not prometheus-client's global one), and OOM shrinks."""
+    metrics = Metrics(CollectorRegistry())
+    async with hosted_engine(Settings(device="cpu", warmup_max_len=16), model=tiny_model, metrics=metrics) as (engine, _):
+        engine.batcher._shrink_budget()  # what an out-of-memory batch does
+        build = metrics.registry.get_sample_value(
+            "nli_build_info", {"version": "0.1.0", "model": tiny_model.name, "device": "cpu",
+                               "dtype": "float32"})  # fmt: skip
+        shrinks = value(metrics, "nli_budget_shrinks_total")
+    assert build == 1
+    assert shrinks == 1
+    assert value(metrics, "process_resident_memory_bytes") > 0
+    assert value(metrics, "process_cpu_seconds_total") > 0
+    assert Metrics(CollectorRegistry()).registry is not None  # a second worker's registry takes the same collectors

@@ -504,7 +504,7 @@ async def test_metrics_serve_the_nli_series(tiny_model) -> None:
     assert 'nli_jobs_total{operation="classify",status="completed"} 1.0' in text
     assert 'nli_job_latency_seconds_count{operation="classify"} 1.0' in text
     assert "nli_batch_pairs_sum 5.0" in text  # classify without a company: 5 pairs
-    for name in ("nli_queue_wait_seconds", "nli_batch_tokens", "nli_padding_efficiency", "nli_batch_seconds",
+    for name in ("nli_queue_wait_seconds", "nli_batch_tokens", "nli_padding_efficiency_ratio", "nli_batch_seconds",
                  "nli_gpu_idle_seconds", "nli_queue_pairs", "nli_inflight_jobs", "nli_model_load_seconds"):  # fmt: skip
         assert f"# TYPE {name} " in text, name
     assert "nli_model_ready 1.0" in text

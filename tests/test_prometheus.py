@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -37,7 +39,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(directory: Path, target: str) -> Path:
+def write_config(directory: Path, target: str, *, honor_labels: bool = False) -> Path:
+    """Scrape ``target`` every second as job ``burst-nli`` (``honor_labels``: keep the pushed
+    ``job`` and ``worker`` labels of a Pushgateway's series)."""
     config = directory / "prometheus.yml"
     config.write_text(
         "global:\n"
@@ -45,12 +49,33 @@ def write_config(directory: Path, target: str) -> Path:
         "  scrape_timeout: 1s\n"
         "scrape_configs:\n"
         "  - job_name: burst-nli\n"
+        f"    honor_labels: {str(honor_labels).lower()}\n"
         "    metrics_path: /metrics\n"
         "    static_configs:\n"
         f"      - targets: ['{target}']\n",
         encoding="utf-8",
     )
     return config
+
+
+@contextmanager
+def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A server binary (Prometheus, the Pushgateway) for the block; stopped and reaped after."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def prometheus_command(binary: str, config: Path, data: Path, port: int) -> list[str]:
+    return [binary, f"--config.file={config}", f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}"]
 
 
 async def query(client: httpx.AsyncClient, expression: str) -> list[dict]:
@@ -83,26 +108,12 @@ async def test_prometheus_scrapes_the_nli_series(pod_server, tmp_path: Path) -> 
         for job in jobs:
             assert (await pod.post("/runsync", json={"input": job})).json()["status"] == "COMPLETED"
         port = free_port()
-        command = [
-            binary,
-            f"--config.file={write_config(tmp_path, base_url.removeprefix('http://'))}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ]
-        with open(tmp_path / "prometheus.log", "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        config = write_config(tmp_path, base_url.removeprefix("http://"))
+        with running(prometheus_command(binary, config, tmp_path / "data", port), tmp_path / "prometheus.log") as process:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as prometheus:
                 with anyio.fail_after(90):
                     found = await wait_for_series(prometheus, process)
                 up = await query(prometheus, 'up{job="burst-nli"}')
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
     completed = [s for s in found["nli_jobs_total"] if s["metric"].get("status") == "completed"]
     assert completed and completed[0]["metric"]["operation"] == "classify"
     assert float(completed[0]["value"][1]) == len(jobs)

@@ -83,6 +83,7 @@ class NliEngine:
                 metrics.watch_queue(
                     lambda: engine.queued_pairs, lambda: engine.queued_tokens, lambda: engine.inflight_jobs
                 )
+                metrics.watch_budget_shrinks(lambda: batcher.stats.budget_shrinks)
             try:
                 yield engine
             finally:

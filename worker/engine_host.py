@@ -87,6 +87,8 @@ class EngineHost:
                 self.engine = engine
                 if self.metrics is not None:
                     self.metrics.observe_startup(self.startup.model_load_s, self.startup.warmup_s)
+                    self.metrics.observe_build(model=engine.model.name, device=str(engine.model.device),
+                                               dtype=str(engine.model.dtype).removeprefix("torch."))  # fmt: skip
                 ready.set()
                 log.info("engine_ready", model=engine.model.name, device=str(engine.model.device))
                 await stop.wait()

@@ -15,7 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from batching import BatchStats
 
@@ -33,6 +44,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        for collector in _PROCESS_COLLECTORS:  # process_*, python_gc_*, python_info: CPU, memory, pauses
+            registry.register(collector)
+        self.build = Info("nli_build", "The worker's version, model, device and dtype.", registry=registry)
+        self._shrinks = _BudgetShrinks()
+        registry.register(self._shrinks)
         self._job_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.jobs = Counter(
             "nli_jobs", "Jobs ended, by operation and how they ended.", ["operation", "status"], registry=registry
@@ -59,7 +75,7 @@ class Metrics:
             registry=registry,
         )  # fmt: skip
         self.padding_efficiency = Histogram(
-            "nli_padding_efficiency", "Real tokens / padded tokens of a batch.", buckets=EFFICIENCY_BUCKETS,
+            "nli_padding_efficiency_ratio", "Real tokens / padded tokens of a batch.", buckets=EFFICIENCY_BUCKETS,
             registry=registry,
         )  # fmt: skip
         self.batch_seconds = Histogram(
@@ -103,6 +119,14 @@ class Metrics:
         for wait in batch.queue_wait_s:
             self.queue_wait.observe(wait)
 
+    def observe_build(self, *, model: str, device: str, dtype: str) -> None:
+        """``nli_build_info``: which code runs which model where (set once the model has loaded)."""
+        self.build.info({"version": _version(), "model": model, "device": device, "dtype": dtype})
+
+    def watch_budget_shrinks(self, shrinks: Callable[[], int]) -> None:
+        """``nli_budget_shrinks_total``: out-of-memory halvings of the batch budget, read at scrape time."""
+        self._shrinks.read = shrinks
+
     def observe_job(self, operation: str, status: str, latency_s: float) -> None:
         # The labelled children are looked up once per (operation, status): ``labels()`` checks
         # and sorts its arguments on every call, most of what observing a job costs otherwise.
@@ -135,3 +159,28 @@ class Metrics:
         self.queue_pairs.set_function(queued_pairs)
         self.queue_tokens.set_function(queued_tokens)
         self.inflight_jobs.set_function(inflight)
+
+
+_PROCESS_COLLECTORS = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+"""prometheus-client's own collectors, read-only views of this process: safe in several registries."""
+
+
+class _BudgetShrinks(Collector):
+    """A counter the batcher keeps (``EngineStats.budget_shrinks``), exposed as it stands."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(
+            "nli_budget_shrinks", "Times out-of-memory halved the batch token budget.", value=self.read()
+        )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("burst-nli")
+    except PackageNotFoundError:
+        return "unknown"

@@ -22,6 +22,7 @@ from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
 from worker.engine_host import EngineHost
 from worker.metrics import Metrics
+from worker.metrics_push import MetricsPusher
 from worker.model import NliModel
 from worker.service import run_job
 from worker.settings import Settings
@@ -112,15 +113,24 @@ def start(settings: Settings) -> None:
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, registry=metrics.registry)
         log.info("metrics_serving", port=settings.metrics_port)
+    pusher = None
+    if settings.metrics_push_url:
+        pusher = MetricsPusher(settings.metrics_push_url, metrics.registry, endpoint=settings.runpod_endpoint_id,
+                               worker=settings.runpod_pod_id, interval_s=settings.metrics_push_interval_s)  # fmt: skip
+        pusher.start()
     _default = ServerlessWorker(settings, metrics=metrics)
     _default.preload()
     import runpod
 
-    runpod.serverless.start({
-        "handler": handler,
-        "concurrency_modifier": lambda current: settings.max_concurrency,
-        "return_aggregate_stream": False,
-    })
+    try:
+        runpod.serverless.start({
+            "handler": handler,
+            "concurrency_modifier": lambda current: settings.max_concurrency,
+            "return_aggregate_stream": False,
+        })
+    finally:  # the SDK returns on SIGTERM and SIGINT (or raises SystemExit)
+        if pusher is not None:
+            pusher.stop()
 
 
 def _runs_locally() -> bool:

@@ -92,10 +92,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Pod mode: a second port that answers only ``/ping``, as RunPod's load-balancing endpoints
     probe it; unset or equal to the port, ``/ping`` is on the port itself."""
     runpod_endpoint_id: str | None = None
-    """Pod mode: serve ``/v2/<id>/...`` only for this endpoint id (RunPod sets it on its workers);
-    unset, any id."""
+    """The endpoint's id, which RunPod sets on its workers: a pod serves ``/v2/<id>/...`` only for
+    it (unset, any id); a serverless worker labels its pushed metrics with it."""
     metrics_port: int | None = None
-    """Serverless mode: serve Prometheus ``/metrics`` on this port (pod mode serves it on its own port)."""
+    """Serverless mode: serve Prometheus ``/metrics`` on this port (pod mode serves it on its own
+    port). RunPod exposes no port of a serverless worker: use ``metrics_push_url`` there."""
+    metrics_push_url: str | None = None
+    """Serverless mode: push the metrics to this Prometheus Pushgateway (``worker/metrics_push.py``)."""
+    metrics_push_interval_s: float = 5.0
+    """Serverless mode: how often the metrics are pushed."""
+    runpod_pod_id: str | None = None
+    """The worker's id, which RunPod sets: the ``worker`` label of pushed metrics (unset: the host name)."""
     limits: Limits = Limits()
     thresholds: Thresholds = Thresholds()
     """Decision thresholds, each read from ``<NAME>_THRESHOLD`` (``OPINION_THRESHOLD``, ...)."""
