@@ -134,6 +134,7 @@ NOT_HERE_BLOCKS = {
     ("CLIENT.md", 'curl -s -X POST "https://api.runpod.ai'): RUNPOD,
 }
 NOT_HERE_COMMANDS = {
+    ("DEPLOYMENT.md", "API_KEY=change-me docker compose up --build"): DOCKER + "; tests/test_monitoring.py checks its parts",
     ("API.md", "python -m worker serverless"): "polls RunPod's queue (the emulator scenario runs it against a local one)",
 }
 BY_CI_SCRIPT = {  # a README command: what .ci/run holds that runs it

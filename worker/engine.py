@@ -81,8 +81,9 @@ class NliEngine:
             tasks.start_soon(engine.admission.serve_waiting_room, name="nli-waiting-room")
             if metrics is not None:
                 metrics.watch_queue(
-                    lambda: engine.queued_pairs, lambda: engine.queued_tokens, lambda: engine.inflight_jobs
-                )
+                    lambda: engine.queued_pairs, lambda: engine.queued_tokens, lambda: engine.inflight_jobs,
+                    limit_pairs=policy.max_queue_items, limit_tokens=policy.max_queue_tokens,
+                )  # fmt: skip
                 metrics.watch_budget_shrinks(lambda: batcher.stats.budget_shrinks)
             try:
                 yield engine

@@ -91,6 +91,14 @@ class Metrics:
         self.queue_pairs = Gauge("nli_queue_pairs", "Pairs queued, not yet in a batch.", registry=registry)
         self.queue_tokens = Gauge("nli_queue_tokens", "Tokens of the queued pairs.", registry=registry)
         self.inflight_jobs = Gauge("nli_inflight_jobs", "Jobs submitted and not yet ended.", registry=registry)
+        self.queue_limit_pairs = Gauge(
+            "nli_queue_limit_pairs", "MAX_QUEUE_PAIRS: pairs the queue holds before jobs wait or are refused.",
+            registry=registry,
+        )  # fmt: skip
+        self.queue_limit_tokens = Gauge(
+            "nli_queue_limit_tokens", "MAX_QUEUE_TOKENS: tokens the queue holds before jobs wait or are refused.",
+            registry=registry,
+        )  # fmt: skip
         self.stored_jobs = Gauge("nli_stored_jobs", "Pod: jobs whose status is kept, ended or not.", registry=registry)
         self.stored_bytes = Gauge(
             "nli_stored_bytes", "Pod: what the kept outputs and errors of ended jobs weigh, as JSON.", registry=registry
@@ -153,9 +161,18 @@ class Metrics:
         self.stored_bytes.set_function(finished_bytes)
 
     def watch_queue(
-        self, queued_pairs: Callable[[], float], queued_tokens: Callable[[], float], inflight: Callable[[], float]
+        self,
+        queued_pairs: Callable[[], float],
+        queued_tokens: Callable[[], float],
+        inflight: Callable[[], float],
+        *,
+        limit_pairs: int,
+        limit_tokens: int,
     ) -> None:
-        """Read the gauges from the running engine at scrape time (no bookkeeping per job)."""
+        """Read the gauges from the running engine at scrape time (no bookkeeping per job); the
+        limits beside them, so an alert can say "near full" whatever they are set to."""
+        self.queue_limit_pairs.set(limit_pairs)
+        self.queue_limit_tokens.set(limit_tokens)
         self.queue_pairs.set_function(queued_pairs)
         self.queue_tokens.set_function(queued_tokens)
         self.inflight_jobs.set_function(inflight)
