@@ -114,10 +114,6 @@ class EngineHost:
         _, stop = self._events()
         stop.set()
 
-    @property
-    def ready(self) -> bool:
-        return self.engine is not None
-
     def _events(self) -> tuple[anyio.Event, anyio.Event]:
         if self._ready is None or self._stop is None:  # made in the event loop, on first use
             self._ready, self._stop = anyio.Event(), anyio.Event()

@@ -53,7 +53,7 @@ FUZZ = settings(
 CODES_BY_STATUS = {
     400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
 }  # fmt: skip
-FIELD_ROOTS = frozenset({*FIELD_NAMES, "body", "input", "policy", "wait"})
+FIELD_ROOTS = frozenset({*FIELD_NAMES, "body", "input", "policy", "wait", "webhook"})
 _FIELD_PATH = re.compile(r"(?P<root>[A-Za-z_]+)(\[\d+\]|\.[A-Za-z_]+)*( key)?: \S")
 VALID_JOB = {"operation": "classify", "headline": "Apple Declares $0.25 Dividend", "company": "Apple"}
 
@@ -181,7 +181,7 @@ async def test_huge_strings_deep_nesting_and_wrong_types_are_4xx(tiny_model: Nli
     nested_bodies = {  # where the nesting goes; "{}" is replaced by it
         "input": '{"input": {}}',
         "field": '{"input": {"operation": "classify", "headline": {}}}',
-        "unknown": '{"input": ' + valid + ', "webhook": {}}',
+        "unknown": '{"input": ' + valid + ', "s3Config": {}}',  # a RunPod field the pod ignores
         "policy": '{"input": ' + valid + ', "policy": {}}',
     }
     deep = st.builds(
@@ -195,7 +195,9 @@ async def test_huge_strings_deep_nesting_and_wrong_types_are_4xx(tiny_model: Nli
     )
     wrong_types = st.builds(
         lambda body: Sent("POST", "/run", json.dumps(body).encode(), body.get("input") if isinstance(body, dict) else None),
-        json_values | st.fixed_dictionaries({"input": json_values}, optional={"policy": json_values, "webhook": json_values}),
+        json_values | st.fixed_dictionaries(
+            {"input": json_values}, optional={"policy": json_values, "webhook": json_values, "s3Config": json_values}
+        ),
     )  # fmt: skip
     accepted: list[str] = []
 

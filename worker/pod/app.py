@@ -45,8 +45,8 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
 from worker.pod.requests import read_body
-from worker.pod.webhooks import WebhookSender, check_webhook
 from worker.pod.routes import build_app
+from worker.pod.webhooks import WebhookSender, check_webhook
 from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
 from worker.settings import Settings
 
