@@ -13,22 +13,22 @@ import aiohttp
 import anyio
 import anyio.abc
 
-from loadtest.chaos.ledger import BOUND_S, CLASSIFY_PAIRS_PER_JOB, Ledger, ScenarioReport, classify_inputs, rss_mb, run_all
-from loadtest.stats import latency_summary_ms, percentile
-from schemas.trace import read_trace
 from burst_nli_client import (
     Client,
     ClientError,
     HttpError,
     JobCancelled,
     JobFailed,
-    JobView,
     JobTimedOut,
+    JobView,
     RetryPolicy,
     SubmissionUncertain,
     Timeouts,
     WaitTimeout,
 )
+from loadtest.chaos.ledger import BOUND_S, CLASSIFY_PAIRS_PER_JOB, Ledger, ScenarioReport, classify_inputs, rss_mb, run_all
+from loadtest.stats import latency_summary_ms, percentile
+from schemas.trace import read_trace
 from worker.model import NliModel
 from worker.pod import running_server
 from worker.settings import Settings

@@ -19,10 +19,6 @@ import aiohttp
 import anyio
 import anyio.abc
 
-from loadtest.chaos.ledger import BOUND_S, Ledger, ScenarioReport, classify_inputs, run_all
-from loadtest.chaos.loopback import http_client, paced, still_serves_http
-from loadtest.headlines import headlines
-from schemas import Limits
 from burst_nli_client import (
     REFUSED_STATUSES,
     Backoff,
@@ -30,14 +26,18 @@ from burst_nli_client import (
     ClientError,
     ConnectionFailed,
     HttpError,
-    SubmittedJob,
     JobCancelled,
     JobFailed,
     JobTimedOut,
     NotFound,
     RetryPolicy,
     SubmissionUncertain,
+    SubmittedJob,
 )
+from loadtest.chaos.ledger import BOUND_S, Ledger, ScenarioReport, classify_inputs, run_all
+from loadtest.chaos.loopback import http_client, paced, still_serves_http
+from loadtest.headlines import headlines
+from schemas import Limits
 from worker.model import NliModel
 
 RESTART_RETRY = RetryPolicy(max_attempts=8, backoff=Backoff(initial_s=0.25, factor=1.6, max_s=2.0))

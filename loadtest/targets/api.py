@@ -18,20 +18,20 @@ from typing import Any
 
 import anyio
 
-from loadtest.targets import COMPLETED, JobResult, TargetError, TargetOptions
 from burst_nli_client import (
     Client,
     ClientError,
     ConnectionFailed,
     HttpError,
-    SubmittedJob,
     JobCancelled,
     JobFailed,
     JobTimedOut,
     RetryPolicy,
     SubmissionUncertain,
+    SubmittedJob,
     WaitTimeout,
 )
+from loadtest.targets import COMPLETED, JobResult, TargetError, TargetOptions
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 WAIT_LIMIT_S = 86_400.0
