@@ -1,8 +1,11 @@
-"""What the engine's batches did during a phase, read from its Prometheus metrics.
+"""What the engine's batches did during a phase, and the CPU its process spent, read from its
+Prometheus metrics.
 
-The in-process engine and the pod both publish the ``nli_batch_*`` histograms (the in-process one
-to a registry the benchmark hands it, the pod on ``/metrics``), so one reading serves both rows:
-totals before and after a phase, and the difference.
+The in-process engine and the pod both publish the ``nli_batch_*`` histograms and
+``process_cpu_seconds_total`` (the in-process one to a registry the benchmark hands it, the pod on
+``/metrics``), so one reading serves both rows: totals before and after a phase, and the
+difference. The process's CPU a job is the cost that bounds how fast one process can feed a GPU
+(docs/PROCESSES.md): every thread counts, the tokenizer's and the model thread's included.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _SAMPLES = {
     "nli_padding_efficiency_ratio_sum": "efficiency_sum",
     "nli_batch_seconds_sum": "compute_s",
     "nli_gpu_idle_seconds_sum": "idle_gap_s",
+    "process_cpu_seconds_total": "cpu_s",
 }
 
 
@@ -32,12 +36,15 @@ class BatchTotals:
     efficiency_sum: float = 0.0
     compute_s: float = 0.0
     idle_gap_s: float = 0.0
+    cpu_s: float = 0.0
+    """The serving process's CPU time, all threads (in ticks of the kernel's clock: 10 ms)."""
 
     def __sub__(self, before: BatchTotals) -> BatchTotals:
         return BatchTotals(*(getattr(self, name) - getattr(before, name) for name in self.__slots__))
 
-    def summary(self, wall_s: float) -> dict[str, float | None]:
-        """Mean batch, mean padding efficiency of the batches, the model's busy share and idle gap."""
+    def summary(self, wall_s: float, jobs: int) -> dict[str, float | None]:
+        """Mean batch, mean padding efficiency of the batches, the model's busy share and idle gap,
+        and the process's CPU µs a job."""
         batches = int(round(self.batches))
         return {
             "batches": batches,
@@ -45,6 +52,7 @@ class BatchTotals:
             "padding_efficiency": round(self.efficiency_sum / batches, 3) if batches else None,
             "busy": round(self.compute_s / wall_s, 3) if wall_s and batches else None,
             "idle_gap_ms": round(self.idle_gap_s * 1000, 1) if batches else None,
+            "cpu_us_a_job": round(self.cpu_s / jobs * 1e6, 1) if jobs and self.cpu_s else None,
         }
 
 

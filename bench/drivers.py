@@ -131,7 +131,7 @@ async def _phase(driver: Driver, run: Callable[[], Awaitable[PhaseResult]]) -> d
     after = await driver.totals()
     phase = phase_dict(result)
     if before is not None and after is not None:
-        phase.update((after - before).summary(result.wall_s))
+        phase.update((after - before).summary(result.wall_s, result.requests))
     return phase
 
 

@@ -10,7 +10,10 @@ slept), under the GPU's batch budget, on any machine:
 - stages: each step of the job path timed alone over the burst's jobs, in one thread (µs a job);
 - in process: the serverless handler's path (bursts, a closed loop, one job at a time);
 - pod over HTTP: ``/runsync`` on the pod served with the emulated model, driven by the aiohttp
-  client processes, beside the trivial server (the client's own ceiling on this machine).
+  client processes, beside the trivial server (the client's own ceiling on this machine);
+- server CPU µs a job: the serving process's CPU time (every thread) over the sustained loop,
+  divided by its jobs; one process can feed a GPU at most 1 / that many jobs a second, however
+  many cores the host has (docs/PROCESSES.md).
 Writes ``host.json`` and ``host.md`` under ``--out`` and prints the tables.
 """
 
@@ -136,15 +139,16 @@ def stages_table(costs: dict[str, float]) -> str:
 
 def rows_table(rows: list[dict]) -> str:
     head = ("| way | burst jobs | burst ms | µs a job | burst p99 ms | batches | mean batch | sustained jobs/s "
-            "| sustained pairs/s | busy | idle p50 ms |")
-    lines = [head, "|" + "---|" * 11]
+            "| sustained pairs/s | server CPU µs a job | busy | idle p50 ms |")
+    lines = [head, "|" + "---|" * 12]
     for row in rows:
         burst, sustained, idle = row["burst"], row["sustained"], row["idle"]
         per_job = burst["wall_ms"] * 1000 / burst["jobs"] if burst["jobs"] else None
         cells = [row["way"] + (" (failures)" if burst["failed"] or sustained["failed"] else ""), burst["jobs"],
                  burst["wall_ms"], f"{per_job:.0f}" if per_job else None, burst["p99_ms"], burst.get("batches"),
                  burst.get("mean_batch_pairs"), f"{sustained['jobs_per_s']:,.0f}",
-                 f"{sustained['pairs_per_s']:,.0f}", sustained.get("busy"), idle["p50_ms"]]
+                 f"{sustained['pairs_per_s']:,.0f}", sustained.get("cpu_us_a_job"), sustained.get("busy"),
+                 idle["p50_ms"]]
         lines.append("| " + " | ".join("" if cell is None else str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 

@@ -91,6 +91,7 @@ def test_host_bench_smoke_run_measures_every_stage_and_row(tmp_path: Path) -> No
         assert row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
     for row in report["rows"][::2]:  # the engine's rows: one batch held the whole burst's pairs
         assert row["burst"]["batches"] >= 1 and row["burst"]["mean_batch_pairs"] > 6
+        assert row["sustained"]["cpu_us_a_job"] > 0  # the serving process's CPU, the feed rate's bound
     assert "| in process, forward h100 | 48 |" in (tmp_path / "host.md").read_text()
 
 
