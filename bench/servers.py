@@ -81,13 +81,15 @@ def litserve_server(model: str, *, device: str, dtype: str, max_batch_size: int,
 
 @asynccontextmanager
 async def serving_process(name: str, command: list[str], base_url: str, ready_path: str, *, log_dir: Path,
-                          env: Mapping[str, str] | None = None, start_timeout_s: float = 600.0) -> AsyncIterator[str]:
-    """``async with serving_process(...) as base_url:`` run ``command`` from the repository root
-    until ``ready_path`` answers 200; stop it (and every process it started) on the way out."""
+                          env: Mapping[str, str] | None = None, start_timeout_s: float = 600.0,
+                          cwd: Path = ROOT) -> AsyncIterator[str]:
+    """``async with serving_process(...) as base_url:`` run ``command`` from ``cwd`` (the
+    repository root) until ``ready_path`` answers 200; stop it (and every process it started) on
+    the way out."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+        process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
             await _wait_ready(f"{base_url}{ready_path}", process, start_timeout_s, log_path)

@@ -13,6 +13,13 @@ logging at INFO) and times ``--bursts`` bursts of 339 ``classify`` jobs through 
 and the median CPU time of the event loop's thread (``time.thread_time``), which the machine's
 other load disturbs less. ``--before``/``--after`` are git revisions checked out in temporary
 worktrees (``--after`` defaults to this working tree, uncommitted changes included).
+
+``--pod``: each round serves that version's pod (``bench/emulated.py``, its own process) and
+drives ``/runsync`` for ``--seconds`` at ``--concurrency`` from a client process, and reports
+the pod's sustained jobs/s and its process's CPU µs a job (``process_cpu_seconds_total`` from
+``/metrics``, every thread): the bound on what one pod process serves (docs/PROCESSES.md).
+
+    python bench/versions.py --pod --before HEAD~1 --rounds 6
 """
 
 from __future__ import annotations
@@ -80,7 +87,47 @@ def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
     return anyio.run(run)
 
 
+async def pod_sustained(repo: Path, args: argparse.Namespace) -> dict:
+    """That version's pod under a closed loop of ``/runsync`` jobs: jobs/s and server CPU a job."""
+    from bench.http_load import HttpEndpoint, client_pool
+    from bench.servers import free_port, serving_process
+    from loadtest.burst import classify_jobs
+
+    port = free_port()
+    command = [sys.executable, "-m", "bench.emulated", "--forward", args.forward, "--model", args.model,
+               "--port", str(port)]  # fmt: skip
+    jobs = classify_jobs(max(BURST_JOBS, args.concurrency))
+    with tempfile.TemporaryDirectory(prefix="burst-nli-pod-") as logs:
+        async with (
+            serving_process("pod", command, f"http://127.0.0.1:{port}", "/ping", log_dir=Path(logs), cwd=repo,
+                            env={"PREMISE_CACHE_SIZE": "0"}) as url,
+            client_pool(1) as pool,
+        ):  # fmt: skip
+            target = HttpEndpoint("pod", f"{url}/runsync?wait=300000")
+            await pool.burst(target, jobs)  # warm: connections, shapes
+            before = await _pod_cpu_s(url)
+            phase = await pool.sustained(target, jobs, concurrency=args.concurrency, duration_s=args.seconds)
+            after = await _pod_cpu_s(url)
+    if phase.failed:
+        raise RuntimeError(f"{phase.failed} jobs failed on the pod in {repo}")
+    return {"jobs_per_s": phase.per_s, "cpu_us_a_job": (after - before) / phase.requests * 1e6}
+
+
+async def _pod_cpu_s(url: str) -> float:
+    """The pod process's CPU seconds so far, from its ``/metrics``."""
+    import aiohttp
+
+    from bench.batch_totals import text_totals
+
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        return text_totals(await response.text()).cpu_s
+
+
 def measure(repo: Path, args: argparse.Namespace) -> dict:
+    if args.pod:
+        import anyio
+
+        return anyio.run(pod_sustained, repo, args)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(repo), "--bursts", str(args.bursts),
                "--forward", args.forward, "--model", args.model]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -108,6 +155,18 @@ def markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
     return "\n".join(lines)
 
 
+def pod_markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
+    lines = [f"| round | {before} jobs/s | {after} jobs/s | {before} CPU µs a job | {after} CPU µs a job |"
+             " CPU a job after/before |", "|" + "---|" * 6]  # fmt: skip
+    for i, (b, a) in enumerate(rounds, 1):
+        lines.append(f"| {i} | {b['jobs_per_s']:,.0f} | {a['jobs_per_s']:,.0f} | {b['cpu_us_a_job']:.0f} "
+                     f"| {a['cpu_us_a_job']:.0f} | {a['cpu_us_a_job'] / b['cpu_us_a_job']:.2f} |")  # fmt: skip
+    rate = statistics.median(a["jobs_per_s"] / b["jobs_per_s"] for b, a in rounds)
+    cpu = statistics.median(a["cpu_us_a_job"] / b["cpu_us_a_job"] for b, a in rounds)
+    lines.append(f"| **median of the ratios** | | | | | **{cpu:.2f}** (jobs/s {rate:.2f}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="HEAD", help="a git revision (default HEAD)")
@@ -116,6 +175,9 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=11, help="bursts a process times (its median is kept)")
     parser.add_argument("--forward", choices=["free", "h100"], default="free")
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
+    parser.add_argument("--pod", action="store_true", help="the pod over HTTP, sustained (see above)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="--pod: the sustained loop's length")
+    parser.add_argument("--concurrency", type=int, default=512, help="--pod: jobs in flight")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,10 +200,16 @@ def main() -> None:
             for tree in Path(tmp).iterdir():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
             subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
-    header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "
-              f"a process; {args.rounds} rounds, {args.before} then {args.after or 'this tree'}")
-    publish(args.out, "versions", header, markdown(args.before, args.after or "this tree", rounds),
-            {"rounds": [{"before": b, "after": a} for b, a in rounds]})
+    order = f"{args.rounds} rounds, {args.before} then {args.after or 'this tree'}"
+    if args.pod:
+        header = (f"the pod over HTTP, /runsync classify jobs, {args.seconds:g} s at {args.concurrency} in flight, "
+                  f"forward {args.forward} (emulated); {order}")
+        table = pod_markdown(args.before, args.after or "this tree", rounds)
+    else:
+        header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "
+                  f"a process; {order}")
+        table = markdown(args.before, args.after or "this tree", rounds)
+    publish(args.out, "versions", header, table, {"rounds": [{"before": b, "after": a} for b, a in rounds]})
 
 
 if __name__ == "__main__":

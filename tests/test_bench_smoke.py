@@ -148,3 +148,16 @@ def test_versions_bench_alternates_two_revisions(tmp_path: Path) -> None:
     assert "| **median of the ratios** |" in (tmp_path / "versions.md").read_text()
     listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "burst-nli-versions-" not in listed  # the temporary worktree is gone
+
+
+def test_versions_bench_compares_two_pods_by_their_cpu_a_job(tmp_path: Path) -> None:
+    """bench/versions.py --pod at its smallest: each version's pod served and driven over HTTP."""
+    command = [sys.executable, "bench/versions.py", "--pod", "--before", "HEAD", "--rounds", "1", "--seconds", "0.5",
+               "--concurrency", "16", "--model", "synthetic:tiny", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (round_,) = json.loads((tmp_path / "versions.json").read_text())["rounds"]
+    for side in ("before", "after"):
+        assert round_[side]["jobs_per_s"] > 0 and round_[side]["cpu_us_a_job"] > 0
+    assert "| **median of the ratios** |" in (tmp_path / "versions.md").read_text()
