@@ -88,8 +88,9 @@ class PodApp:
         self._deliveries = 0
         self._deliveries_done = anyio.Event()
         self.closing = False
-        self.drain_over = anyio.Event()
-        """Set once a drain has ended: open ``/runsync`` waits answer with the job as it stands."""
+        self.drained = False
+        self._sync_waits: set[anyio.CancelScope] = set()
+        """The open ``/runsync`` waits, ended at once when a drain ends (``wait_answerable``)."""
         self._task_group: TaskGroup | None = None
         self.app = build_app(self)
 
@@ -139,7 +140,22 @@ class PodApp:
                 await anyio.sleep(DRAIN_READ_S)
         left = len(self.store.in_flight())
         log.info("pod_drained", jobs_left=left, jobs=self.store.counts())
-        self.drain_over.set()
+        self.drained = True
+        for wait in self._sync_waits:
+            wait.cancel()
+
+    async def wait_answerable(self, record: JobRecord, timeout_s: float) -> None:
+        """Wait until the job ends, ``timeout_s`` passes or a drain ends: what ``/runsync``
+        waits for before it answers with the job as it stands. One cancel scope a request; a
+        drain's end cancels them all."""
+        with anyio.move_on_after(timeout_s) as wait:
+            if self.drained:
+                return
+            self._sync_waits.add(wait)
+            try:
+                await record.done.wait()
+            finally:
+                self._sync_waits.discard(wait)
 
     async def wait_ready(self) -> NliEngine:
         """Wait until the engine serves jobs; raises ``Unavailable`` if it failed to start."""

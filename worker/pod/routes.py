@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-import anyio
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -42,8 +41,7 @@ def build_app(pod: PodApp) -> Starlette:
     async def runsync(request: Request) -> Response:
         wait_ms = parse_wait_ms(request.query_params.get("wait"))
         record = await pod.submit(request)
-        with anyio.move_on_after(wait_ms / 1000):
-            await _first_of(record.done, pod.drain_over)  # a drain's end answers with the job as it is
+        await pod.wait_answerable(record, wait_ms / 1000)
         return json_response(record.view())
 
     async def status(request: Request) -> Response:
@@ -103,18 +101,6 @@ def build_app(pod: PodApp) -> Starlette:
         exception_handlers={ServiceError: _service_error, HTTPException: _http_error},  # type: ignore[dict-item]
         lifespan=lifespan,
     )
-
-
-async def _first_of(*events: anyio.Event) -> None:
-    """Return once any of ``events`` is set."""
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        for event in events:
-            tg.start_soon(wait, event)
 
 
 async def _service_error(request: Request, err: ServiceError) -> Response:
