@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
 import threading
@@ -214,6 +215,18 @@ async def test_bodies_over_the_limit_are_413_by_length_or_as_they_stream(tiny_mo
     assert streamed.status_code == 413
     assert streamed.json() == {"error": "payload_too_large: body is over MAX_BODY_BYTES=100"}
     assert fits.json()["status"] == COMPLETED
+
+
+async def test_a_compressed_body_is_415_naming_its_content_encoding_and_makes_no_job(tiny_model) -> None:
+    job = msgspec.json.encode({"input": {"operation": "classify", "headline": "Apple Declares Dividend"}})
+    async with pod_client(tiny_model) as (pod, client):
+        gzipped = await client.post("/run", content=gzip.compress(job), headers={"Content-Encoding": "gzip"})
+        plain = await client.post("/runsync", content=job, headers={"Content-Encoding": "identity"})
+        jobs = pod.store.counts()
+    assert gzipped.status_code == 415
+    assert gzipped.json() == {"error": "unsupported_media_type: Content-Encoding 'gzip': send the JSON body uncompressed"}
+    assert plain.json()["status"] == COMPLETED
+    assert sum(jobs.values()) == jobs[COMPLETED] == 1  # the plain one; the gzipped body made none
 
 
 async def test_a_full_queue_is_429_with_retry_after(tiny_model, monkeypatch) -> None:

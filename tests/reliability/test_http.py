@@ -52,6 +52,7 @@ FUZZ = settings(
 )  # fmt: skip
 CODES_BY_STATUS = {
     400: "invalid_input", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+    415: "unsupported_media_type",
 }  # fmt: skip
 FIELD_ROOTS = frozenset({*FIELD_NAMES, "body", "input", "policy", "wait", "webhook"})
 _FIELD_PATH = re.compile(r"(?P<root>[A-Za-z_]+)(\[\d+\]|\.[A-Za-z_]+)*( key)?: \S")

@@ -25,6 +25,11 @@ class PayloadTooLarge(ServiceError):
     http_status = 413
 
 
+class UnsupportedMediaType(ServiceError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class ApiKeyRefused(ServiceError):
     code = "unauthorized"
     http_status = 401

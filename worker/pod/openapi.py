@@ -23,6 +23,7 @@ _ERRORS = {
     "404": "not_found: no such job (never accepted, or forgotten) or route",
     "405": "method_not_allowed",
     "413": "payload_too_large: the body is over MAX_BODY_BYTES",
+    "415": "unsupported_media_type: the body is compressed (Content-Encoding); send it uncompressed",
     "429": "overloaded: the queue is full; retry after Retry-After",
     "503": "unavailable: loading, draining or failed; retry after Retry-After",
 }
@@ -62,7 +63,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             spec["responses"][status] = {**_json(error), "description": _ERRORS[status]}
         return spec
 
-    submit_errors = ("400", "413", "429", "503")
+    submit_errors = ("400", "413", "415", "429", "503")
     paths = {
         "/run": {"post": operation("Submit a job; it runs in the background", job, body=run, errors=submit_errors)},
         "/runsync": {"post": operation("Submit a job and wait for it to end (or for `wait` to run out)", job,
