@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,27 +144,30 @@ def worktree(revision: str, parent: Path) -> Path:
     return path
 
 
-def markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
-    lines = [f"| round | {before} wall ms | {after} wall ms | {before} loop CPU ms | {after} loop CPU ms |"
-             " loop CPU after/before |", "|" + "---|" * 6]  # fmt: skip
-    for i, (b, a) in enumerate(rounds, 1):
-        lines.append(f"| {i} | {b['wall_ms']:.1f} | {a['wall_ms']:.1f} | {b['loop_cpu_ms']:.1f} "
-                     f"| {a['loop_cpu_ms']:.1f} | {a['loop_cpu_ms'] / b['loop_cpu_ms']:.2f} |")  # fmt: skip
-    wall = statistics.median(a["wall_ms"] / b["wall_ms"] for b, a in rounds)
-    cpu = statistics.median(a["loop_cpu_ms"] / b["loop_cpu_ms"] for b, a in rounds)
-    lines.append(f"| **median of the ratios** | | | | | **{cpu:.2f}** (wall {wall:.2f}) |")
-    return "\n".join(lines)
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured figure of a round: its key in a side's result, its column name and format."""
+
+    key: str
+    name: str
+    form: str
 
 
-def pod_markdown(before: str, after: str, rounds: list[tuple[dict, dict]]) -> str:
-    lines = [f"| round | {before} jobs/s | {after} jobs/s | {before} CPU µs a job | {after} CPU µs a job |"
-             " CPU a job after/before |", "|" + "---|" * 6]  # fmt: skip
+BURST_FIGURES = (Figure("wall_ms", "wall ms", ".1f"), Figure("loop_cpu_ms", "loop CPU ms", ".1f"))
+POD_FIGURES = (Figure("jobs_per_s", "jobs/s", ",.0f"), Figure("cpu_us_a_job", "CPU µs a job", ".0f"))
+
+
+def markdown(before: str, after: str, rounds: list[tuple[dict, dict]], figures: tuple[Figure, Figure]) -> str:
+    """Each round's two figures for both versions, and the ratio of the second (the CPU one)."""
+    other, cpu = figures
+    lines = [f"| round | {before} {other.name} | {after} {other.name} | {before} {cpu.name} | {after} {cpu.name} "
+             f"| {cpu.name} after/before |", "|" + "---|" * 6]  # fmt: skip
     for i, (b, a) in enumerate(rounds, 1):
-        lines.append(f"| {i} | {b['jobs_per_s']:,.0f} | {a['jobs_per_s']:,.0f} | {b['cpu_us_a_job']:.0f} "
-                     f"| {a['cpu_us_a_job']:.0f} | {a['cpu_us_a_job'] / b['cpu_us_a_job']:.2f} |")  # fmt: skip
-    rate = statistics.median(a["jobs_per_s"] / b["jobs_per_s"] for b, a in rounds)
-    cpu = statistics.median(a["cpu_us_a_job"] / b["cpu_us_a_job"] for b, a in rounds)
-    lines.append(f"| **median of the ratios** | | | | | **{cpu:.2f}** (jobs/s {rate:.2f}) |")
+        lines.append(f"| {i} | {b[other.key]:{other.form}} | {a[other.key]:{other.form}} | {b[cpu.key]:{cpu.form}} "
+                     f"| {a[cpu.key]:{cpu.form}} | {a[cpu.key] / b[cpu.key]:.2f} |")  # fmt: skip
+    other_ratio = statistics.median(a[other.key] / b[other.key] for b, a in rounds)
+    cpu_ratio = statistics.median(a[cpu.key] / b[cpu.key] for b, a in rounds)
+    lines.append(f"| **median of the ratios** | | | | | **{cpu_ratio:.2f}** ({other.name} {other_ratio:.2f}) |")
     return "\n".join(lines)
 
 
@@ -204,11 +208,11 @@ def main() -> None:
     if args.pod:
         header = (f"the pod over HTTP, /runsync classify jobs, {args.seconds:g} s at {args.concurrency} in flight, "
                   f"forward {args.forward} (emulated); {order}")
-        table = pod_markdown(args.before, args.after or "this tree", rounds)
+        table = markdown(args.before, args.after or "this tree", rounds, POD_FIGURES)
     else:
         header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "
                   f"a process; {order}")
-        table = markdown(args.before, args.after or "this tree", rounds)
+        table = markdown(args.before, args.after or "this tree", rounds, BURST_FIGURES)
     publish(args.out, "versions", header, table, {"rounds": [{"before": b, "after": a} for b, a in rounds]})
 
 
