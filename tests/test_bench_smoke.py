@@ -161,3 +161,14 @@ def test_versions_bench_compares_two_pods_by_their_cpu_a_job(tmp_path: Path) -> 
     for side in ("before", "after"):
         assert round_[side]["jobs_per_s"] > 0 and round_[side]["cpu_us_a_job"] > 0
     assert "| **median of the ratios** |" in (tmp_path / "versions.md").read_text()
+
+
+def test_refusal_bench_times_the_pods_way_beside_a_plain_parse(tmp_path: Path) -> None:
+    """bench/refusal.py at its smallest: both oversized bodies refused naming the list, the valid one accepted."""
+    command = [sys.executable, "bench/refusal.py", "--repeats", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = json.loads((tmp_path / "refusal.json").read_text())["rows"]
+    assert [row["answer"] for row in rows] == ["invalid_input: headlines: expected at most 128 items"] * 2 + ["accepted"]
+    assert all(row["json_us"] > 0 and row["pod_us"] > 0 for row in rows)
