@@ -8,10 +8,10 @@
 - ``litserve_server``: ``bench/litserve_peer.py`` (LitServe starts its own worker processes),
   ready once ``/health`` answers 200.
 
-Why not uvicorn inside the benchmark's process (``worker.pod.running_server``): its listening
-socket is made with protocol 0, and asyncio sets TCP_NODELAY only on sockets whose protocol is
-IPPROTO_TCP, so responses written in two parts (headers, body) stall on delayed ACKs: 44 ms a
-request on loopback under load, measured here. Each process's output goes to ``<name>.log``.
+Why not uvicorn inside the benchmark's process (``worker.pod.running_server``): a server shares
+no event loop or CPU time with what measures it, as deployed, and its own process's CPU
+(``process_cpu_seconds_total``) is then the server's alone. Each process's output goes to
+``<name>.log``.
 """
 
 from __future__ import annotations
