@@ -18,18 +18,23 @@ worktrees (``--after`` defaults to this working tree, uncommitted changes includ
 drives ``/runsync`` for ``--seconds`` at ``--concurrency`` from a client process, and reports
 the pod's sustained jobs/s and its process's CPU µs a job (``process_cpu_seconds_total`` from
 ``/metrics``, every thread): the bound on what one pod process serves (docs/PROCESSES.md).
+``--sustained``: the same closed loop in process, through the service path as above, reporting
+jobs/s and the process's CPU µs a job (``time.process_time``, every thread).
 
     python bench/versions.py --pod --before HEAD~1 --rounds 6
+    python bench/versions.py --sustained --before HEAD~1 --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BURST_JOBS = 339
 
 
-def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
+def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: float | None, concurrency: int) -> dict:
     """Runs in a fresh process with ``repo`` first on the path: that version's code is measured."""
     import os
     import time
@@ -76,6 +81,8 @@ def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
                         tg.start_soon(one, i, job)
 
             await burst()  # warm
+            if sustained_s is not None:
+                return await sustained(one)
             walls, cpus = [], []
             for _ in range(bursts):
                 cpu, wall = time.thread_time(), time.perf_counter()
@@ -84,6 +91,24 @@ def child(repo: Path, bursts: int, forward: str, model_name: str) -> dict:
                 cpus.append((time.thread_time() - cpu) * 1e3)
                 await anyio.sleep(0.05)  # let the batch log lines drain between bursts
         return {"wall_ms": statistics.median(walls), "loop_cpu_ms": statistics.median(cpus)}
+
+    async def sustained(one: Callable[[int, dict], Awaitable[None]]) -> dict:
+        """``concurrency`` jobs kept in flight for ``sustained_s``: jobs/s and the process's CPU a job."""
+        loop_jobs, done = itertools.cycle(classify_jobs(max(BURST_JOBS, concurrency))), 0
+        stop = time.perf_counter() + (sustained_s or 0.0)
+
+        async def sender() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                await one(done, next(loop_jobs))
+                done += 1
+
+        cpu, wall = time.process_time(), time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(sender)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return {"jobs_per_s": done / wall, "cpu_us_a_job": cpu / done * 1e6}
 
     return anyio.run(run)
 
@@ -130,7 +155,9 @@ def measure(repo: Path, args: argparse.Namespace) -> dict:
 
         return anyio.run(pod_sustained, repo, args)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(repo), "--bursts", str(args.bursts),
-               "--forward", args.forward, "--model", args.model]  # fmt: skip
+               "--forward", args.forward, "--model", args.model, "--concurrency", str(args.concurrency)]  # fmt: skip
+    if args.sustained:
+        command += ["--sustained", "--seconds", str(args.seconds)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"the run in {repo} failed:\n{done.stderr[-3000:]}")
@@ -154,7 +181,7 @@ class Figure:
 
 
 BURST_FIGURES = (Figure("wall_ms", "wall ms", ".1f"), Figure("loop_cpu_ms", "loop CPU ms", ".1f"))
-POD_FIGURES = (Figure("jobs_per_s", "jobs/s", ",.0f"), Figure("cpu_us_a_job", "CPU µs a job", ".0f"))
+SUSTAINED_FIGURES = (Figure("jobs_per_s", "jobs/s", ",.0f"), Figure("cpu_us_a_job", "CPU µs a job", ".0f"))
 
 
 def markdown(before: str, after: str, rounds: list[tuple[dict, dict]], figures: tuple[Figure, Figure]) -> str:
@@ -180,13 +207,15 @@ def main() -> None:
     parser.add_argument("--forward", choices=["free", "h100"], default="free")
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
     parser.add_argument("--pod", action="store_true", help="the pod over HTTP, sustained (see above)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="--pod: the sustained loop's length")
-    parser.add_argument("--concurrency", type=int, default=512, help="--pod: jobs in flight")
+    parser.add_argument("--sustained", action="store_true", help="in process, sustained (see above)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="--pod, --sustained: the loop's length")
+    parser.add_argument("--concurrency", type=int, default=512, help="--pod, --sustained: jobs in flight")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.bursts, args.forward, args.model)))
+        sustained_s = args.seconds if args.sustained else None
+        print(json.dumps(child(args.child, args.bursts, args.forward, args.model, sustained_s, args.concurrency)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -208,7 +237,11 @@ def main() -> None:
     if args.pod:
         header = (f"the pod over HTTP, /runsync classify jobs, {args.seconds:g} s at {args.concurrency} in flight, "
                   f"forward {args.forward} (emulated); {order}")
-        table = markdown(args.before, args.after or "this tree", rounds, POD_FIGURES)
+        table = markdown(args.before, args.after or "this tree", rounds, SUSTAINED_FIGURES)
+    elif args.sustained:
+        header = (f"in process, classify jobs through the service path, {args.seconds:g} s at {args.concurrency} in "
+                  f"flight, forward {args.forward} (emulated); {order}")
+        table = markdown(args.before, args.after or "this tree", rounds, SUSTAINED_FIGURES)
     else:
         header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "
                   f"a process; {order}")

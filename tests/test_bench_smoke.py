@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -150,9 +152,10 @@ def test_versions_bench_alternates_two_revisions(tmp_path: Path) -> None:
     assert "burst-nli-versions-" not in listed  # the temporary worktree is gone
 
 
-def test_versions_bench_compares_two_pods_by_their_cpu_a_job(tmp_path: Path) -> None:
-    """bench/versions.py --pod at its smallest: each version's pod served and driven over HTTP."""
-    command = [sys.executable, "bench/versions.py", "--pod", "--before", "HEAD", "--rounds", "1", "--seconds", "0.5",
+@pytest.mark.parametrize("mode", ["--pod", "--sustained"])
+def test_versions_bench_compares_two_versions_sustained_by_their_cpu_a_job(tmp_path: Path, mode: str) -> None:
+    """bench/versions.py --pod (each version's pod over HTTP) and --sustained (in process) at their smallest."""
+    command = [sys.executable, "bench/versions.py", mode, "--before", "HEAD", "--rounds", "1", "--seconds", "0.5",
                "--concurrency", "16", "--model", "synthetic:tiny", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
