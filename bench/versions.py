@@ -19,7 +19,8 @@ drives ``/runsync`` for ``--seconds`` at ``--concurrency`` from a client process
 the pod's sustained jobs/s and its process's CPU µs a job (``process_cpu_seconds_total`` from
 ``/metrics``, every thread): the bound on what one pod process serves (docs/PROCESSES.md).
 ``--sustained``: the same closed loop in process, through the service path as above, reporting
-jobs/s and the process's CPU µs a job (``time.process_time``, every thread).
+jobs/s and the process's CPU µs a job (``time.process_time``, every thread); the JSON also
+holds the garbage collections during the loop, their total and longest pause.
 
     python bench/versions.py --pod --before HEAD~1 --rounds 6
     python bench/versions.py --sustained --before HEAD~1 --rounds 6
@@ -44,6 +45,7 @@ BURST_JOBS = 339
 
 def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: float | None, concurrency: int) -> dict:
     """Runs in a fresh process with ``repo`` first on the path: that version's code is measured."""
+    import gc
     import os
     import time
 
@@ -103,12 +105,24 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
                 await one(done, next(loop_jobs))
                 done += 1
 
+        collections: list[float] = []  # each garbage collection's pause, from gc.callbacks
+        started_at = [0.0]
+
+        def collected(phase: str, info: dict) -> None:
+            if phase == "start":
+                started_at[0] = time.perf_counter()
+            else:
+                collections.append(time.perf_counter() - started_at[0])
+
+        gc.callbacks.append(collected)
         cpu, wall = time.process_time(), time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(sender)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        return {"jobs_per_s": done / wall, "cpu_us_a_job": cpu / done * 1e6}
+        gc.callbacks.remove(collected)
+        return {"jobs_per_s": done / wall, "cpu_us_a_job": cpu / done * 1e6, "gc_collections": len(collections),
+                "gc_ms": sum(collections) * 1e3, "gc_max_ms": max(collections, default=0.0) * 1e3}
 
     return anyio.run(run)
 
