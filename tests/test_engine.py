@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 import numpy as np
 import pytest
 
 from batching import InvalidInput
-from worker.engine import NliEngine
+from worker.engine import YOUNG_COLLECTION_THRESHOLD, NliEngine
 from worker.settings import Settings
 
 HYPOTHESES = ["This is an opinion piece or editorial.", "This is a factual news report.",
@@ -127,3 +129,14 @@ async def test_the_same_pairs_asked_by_jobs_at_once_run_once_with_the_numbers_of
     assert sum(batch.merged_items for batch in seen) >= 12  # 36 pairs, 12 of them distinct
     for i, logits in enumerate(together):
         np.testing.assert_allclose(logits, alone[i % 4], atol=1e-5)
+
+
+async def test_a_started_engine_has_frozen_its_start_up_heap_and_collects_young_objects_rarely(tiny_model):
+    """Jobs in flight are many small live objects: Python's default young threshold (700) would
+    collect, promote and then fully collect them over and over under load (BENCHMARKS.md)."""
+    gc.set_threshold(700, 10, 10)
+    async with NliEngine.start(settings(), model=tiny_model):
+        young, middle, oldest = gc.get_threshold()
+        frozen = gc.get_freeze_count()
+    assert (young, middle, oldest) == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
+    assert frozen > 0

@@ -57,7 +57,7 @@ class NliEngine:
         # The batcher budgets padded lengths as the model pads them (batching.policy.padded_length).
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
         policy = replace(policy, length_multiple=model.length_multiple, max_padded_len=model.max_padded_len)
-        _freeze_startup_objects()
+        _tune_garbage_collector()
         log.info(
             "engine_started",
             model=model.name,
@@ -131,15 +131,26 @@ class NliEngine:
         return self.admission.admit(pairs, timeout_s=min(deadlines, default=None), wait_for_room=wait_for_room)
 
 
-def _freeze_startup_objects() -> None:
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Net new container objects between two collections of the youngest generation (Python's
+default: 700). Jobs in flight hold many small live objects, so at 700 the collector runs every
+few hundred jobs, moves those still-live objects to older generations and so sets off full
+collections too: under sustained load a large share of the CPU goes there. At 10,000 a young
+collection is rare under load and short (BENCHMARKS.md)."""
+
+
+def _tune_garbage_collector() -> None:
     """Move what start-up built (torch, transformers, the model: ~400k objects) out of the
-    collector's reach, after collecting what is already garbage.
+    collector's reach, after collecting what is already garbage, and collect the young
+    generation less often.
 
     Otherwise every full collection walks them all, a pause that stalls the event loop, and so
     admission, for every job in flight (RELIABILITY.md).
     """
     gc.collect()
     gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
 
 
 def _log_batch(batch: BatchStats) -> None:
