@@ -135,8 +135,8 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 """Net new container objects between two collections of the youngest generation (Python's
 default: 700). Jobs in flight hold many small live objects, so at 700 the collector runs every
 few hundred jobs, moves those still-live objects to older generations and so sets off full
-collections too: under sustained load a large share of the CPU goes there. At 10,000 a young
-collection is rare under load and short (BENCHMARKS.md)."""
+collections too: under sustained load a large share of the CPU goes there. At 10,000 young
+collections are far fewer, and short (BENCHMARKS.md)."""
 
 
 def _tune_garbage_collector() -> None:
