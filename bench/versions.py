@@ -129,6 +129,7 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
 
 async def pod_sustained(repo: Path, args: argparse.Namespace) -> dict:
     """That version's pod under a closed loop of ``/runsync`` jobs: jobs/s and server CPU a job."""
+    from bench.drivers import HttpDriver
     from bench.http_load import HttpEndpoint, client_pool
     from bench.servers import free_port, serving_process
     from loadtest.burst import classify_jobs
@@ -143,24 +144,15 @@ async def pod_sustained(repo: Path, args: argparse.Namespace) -> dict:
                             env={"PREMISE_CACHE_SIZE": "0"}) as url,
             client_pool(1) as pool,
         ):  # fmt: skip
-            target = HttpEndpoint("pod", f"{url}/runsync?wait=300000")
-            await pool.burst(target, jobs)  # warm: connections, shapes
-            before = await _pod_cpu_s(url)
-            phase = await pool.sustained(target, jobs, concurrency=args.concurrency, duration_s=args.seconds)
-            after = await _pod_cpu_s(url)
+            driver = HttpDriver(pool, HttpEndpoint("pod", f"{url}/runsync?wait=300000"), f"{url}/metrics")
+            await driver.burst(jobs)  # warm: connections, shapes
+            before = await driver.totals()
+            phase = await driver.sustained(jobs, args.concurrency, args.seconds)
+            after = await driver.totals()
     if phase.failed:
         raise RuntimeError(f"{phase.failed} jobs failed on the pod in {repo}")
-    return {"jobs_per_s": phase.per_s, "cpu_us_a_job": (after - before) / phase.requests * 1e6}
-
-
-async def _pod_cpu_s(url: str) -> float:
-    """The pod process's CPU seconds so far, from its ``/metrics``."""
-    import aiohttp
-
-    from bench.batch_totals import text_totals
-
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
-        return text_totals(await response.text()).cpu_s
+    assert before is not None and after is not None
+    return {"jobs_per_s": phase.per_s, "cpu_us_a_job": (after.cpu_s - before.cpu_s) / phase.requests * 1e6}
 
 
 def measure(repo: Path, args: argparse.Namespace) -> dict:
