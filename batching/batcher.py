@@ -1,11 +1,13 @@
 """The async micro-batcher: many jobs' items in one queue, one loop cutting them into batches.
 
 Two coroutines share the work. The *former* waits for items, cuts the next batch with the pure
-policy and collates it in a collate thread; the *executor* runs batches in one dedicated model
-thread and fans results out to the jobs. They meet on a channel of size zero, so batch N+1 is
-cut and collated while batch N computes, and no later. A batch cut while the runner is idle has
-nothing to overlap: the model thread collates and runs it in one call, a thread hop fewer on a
-lone job's latency.
+policy, collates it in a collate thread and hands it to one dedicated model thread, which runs
+batches in the order cut; the *executor* waits for each batch's results and fans them out to the
+jobs. They meet on a channel of size zero, so batch N+1 is cut and collated while batch N
+computes, and no later. The model thread takes N+1 the moment N is done, without waiting for
+the event loop, which in a burst has hundreds of jobs to wake and answer first. A batch cut
+while the runner is idle has nothing to overlap: the model thread collates and runs it in one
+call, a thread hop fewer on a lone job's latency.
 
 Identical items that land in one batch (a headline asked about by several jobs at once) run
 once and share the result (``BatchPolicy.merge_identical``).
@@ -29,7 +31,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -105,6 +107,29 @@ class _Prepared:
     collate_s: float
 
 
+@dataclass(slots=True)
+class _Launched:
+    """A batch handed to the model thread: ``ran`` resolves once the thread has run it."""
+
+    entries: list[_Entry]
+    ran: Future[_Ran]
+
+
+@dataclass(slots=True)
+class _Ran:
+    """What the model thread did with a batch."""
+
+    entries: list[_Entry]
+    """The entries it ran: those whose jobs had not ended by the time it took the batch."""
+    rows: list[int] | None = None
+    outputs: Sequence[Any] = ()
+    error: Exception | None = None
+    collate_s: float = 0.0
+    started: float = 0.0
+    """``time.monotonic()``, the clock of asyncio's loop (``anyio.current_time()``)."""
+    ended: float = 0.0
+
+
 def merge_identical(payloads: Sequence[Any]) -> tuple[list[Any], list[int] | None]:
     """(distinct payloads in first-seen order, each payload's row among them), or the payloads
     and None when all are distinct."""
@@ -120,6 +145,10 @@ class _DedicatedThread:
 
     def __init__(self, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        """Queue ``fn`` behind the thread's earlier work, without waiting for it."""
+        return self._pool.submit(fn, *args)
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
@@ -337,10 +366,10 @@ class Batcher(Generic[P, C, R]):
     async def _running(self):  # type: ignore[no-untyped-def]
         collate_thread = _DedicatedThread("nli-collate")
         model_thread = _DedicatedThread("nli-model")
-        send, receive = anyio.create_memory_object_stream[_Prepared](0)
+        send, receive = anyio.create_memory_object_stream[_Launched](0)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._form_batches, send, collate_thread)
+                tg.start_soon(self._form_batches, send, collate_thread, model_thread)
                 tg.start_soon(self._run_batches, receive, model_thread)
                 self._open = True
                 try:
@@ -355,7 +384,9 @@ class Batcher(Generic[P, C, R]):
             collate_thread.close()
             model_thread.close()
 
-    async def _form_batches(self, send: ObjectSendStream[_Prepared], thread: _DedicatedThread) -> None:
+    async def _form_batches(
+        self, send: ObjectSendStream[_Launched], collate_thread: _DedicatedThread, model_thread: _DedicatedThread
+    ) -> None:
         async with send:
             while True:
                 await self._wait_until_worth_cutting()
@@ -363,10 +394,11 @@ class Batcher(Generic[P, C, R]):
                 if not entries:
                     continue
                 if self._runner_busy:  # collate now, while the running batch computes
-                    prepared = await self._collate(entries, thread)
+                    prepared = await self._collate(entries, collate_thread)
                 else:  # nothing to overlap: the model thread collates it, one thread hop fewer
                     prepared = _Prepared(entries, None, None, 0.0)
-                await send.send(prepared)
+                ran = model_thread.submit(self._take_and_run, prepared)
+                await send.send(_Launched(entries, ran))
                 self._runner_busy = True  # the executor took it; cleared when it is done
 
     async def _wait_until_worth_cutting(self) -> None:
@@ -456,12 +488,6 @@ class Batcher(Generic[P, C, R]):
                     return jobs, min(smallest.queued_items, self.policy.max_batch_items)
         return jobs, 1
 
-    def _alive(self, entry: _Entry, now: float) -> bool:
-        """Whether the item's job still wants it; a job past its deadline is ended here."""
-        if not entry.job.finished and entry.job.deadline <= now:
-            self._finish(entry.job, DeadlineExceeded("expired before compute"))
-        return not entry.job.finished
-
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
         started = anyio.current_time()
         try:
@@ -476,69 +502,54 @@ class Batcher(Generic[P, C, R]):
         distinct, rows = merge_identical(payloads) if self.policy.merge_identical else (payloads, None)
         return self._runner.collate(distinct), rows
 
-    async def _run_batches(self, receive: ObjectReceiveStream[_Prepared], thread: _DedicatedThread) -> None:
+    async def _run_batches(self, receive: ObjectReceiveStream[_Launched], thread: _DedicatedThread) -> None:
         async with receive:
-            async for prepared in receive:
+            async for launched in receive:
                 try:
-                    await self._execute(prepared, thread)
+                    ran = await asyncio.wrap_future(launched.ran)
+                    self.stats.items_dropped += len(launched.entries) - len(ran.entries)  # taken already
+                    await self._settle(ran, thread)
                 finally:
                     self._runner_busy = False
-                    self._last_batch_end = anyio.current_time()
                     self._notify()
 
-    async def _execute(self, prepared: _Prepared, thread: _DedicatedThread) -> None:
-        """Run one prepared batch: drop the dead, compute, fan out; bisect on failure."""
-        now = anyio.current_time()
-        live = []
-        for entry in prepared.entries:
-            if self._alive(entry, now):
-                live.append(entry)
-            else:
-                self.stats.items_dropped += 1  # taken from the queue already: not counted yet
-        if not live:
-            return
-        if len(live) == len(prepared.entries):
-            await self._run_entries(live, prepared.collated, prepared.rows, prepared.collate_s, thread)
-        else:
-            await self._run_entries(live, None, None, prepared.collate_s, thread)
+    def _take_and_run(self, prepared: _Prepared) -> _Ran:
+        """On the model thread, once the batch before is done: leave out the items of jobs that
+        ended while the batch waited (cancelled, expired, failed), collate unless done, run.
 
-    async def _run_entries(
-        self,
-        entries: list[_Entry],
-        collated: Any | None,
-        rows: list[int] | None,
-        collate_s: float,
-        thread: _DedicatedThread,
-    ) -> None:
-        started = anyio.current_time()
+        Never raises: a failure comes back in ``_Ran.error`` and the loop bisects the batch.
+        """
+        entries = [e for e in prepared.entries if not e.job.finished]
+        if not entries:
+            return _Ran(entries)
+        collated, rows, collate_s = prepared.collated, prepared.rows, prepared.collate_s
         try:
-            if collated is None:
-                collate_s, rows, outputs = await thread.run(self._collate_and_run, [e.payload for e in entries])
-                started += collate_s  # compute time excludes collation
-            else:
-                outputs = await thread.run(self._runner.run, collated)
+            if collated is None or len(entries) < len(prepared.entries):
+                started = time.perf_counter()
+                collated, rows = self._merge_and_collate([e.payload for e in entries])
+                collate_s += time.perf_counter() - started
+            started = time.monotonic()
+            outputs = self._runner.run(collated)
+            ended = time.monotonic()
             expected = len(entries) if rows is None else max(rows) + 1
             if len(outputs) != expected:
                 raise RuntimeError(f"runner returned {len(outputs)} results for {expected} items")
-        except ResourceExhausted as err:
-            self._shrink_budget()
-            await self._retry_in_halves(entries, err, thread)
-            return
-        except Exception as err:
-            await self._retry_in_halves(entries, err, thread)
-            return
-        ended = anyio.current_time()
-        if rows is not None:
-            outputs = [outputs[row] for row in rows]
-        self._fan_out(entries, outputs)
-        self._record(entries, rows, started, ended, collate_s)
+        except Exception as err:  # noqa: BLE001 - handed to the loop, which bisects
+            return _Ran(entries, error=err)
+        return _Ran(entries, rows, outputs, None, collate_s, started, ended)
 
-    def _collate_and_run(self, payloads: list[Any]) -> tuple[float, list[int] | None, Sequence[Any]]:
-        """(collate seconds, rows, outputs): both steps in one call on the model thread."""
-        started = time.perf_counter()
-        collated, rows = self._merge_and_collate(payloads)
-        collate_s = time.perf_counter() - started
-        return collate_s, rows, self._runner.run(collated)
+    async def _settle(self, ran: _Ran, thread: _DedicatedThread) -> None:
+        """Fan a batch's results out and record it; on failure, find the item at fault."""
+        if not ran.entries:
+            return
+        if ran.error is not None:
+            if isinstance(ran.error, ResourceExhausted):
+                self._shrink_budget()
+            await self._retry_in_halves(ran.entries, ran.error, thread)
+            return
+        outputs = ran.outputs if ran.rows is None else [ran.outputs[row] for row in ran.rows]
+        self._fan_out(ran.entries, outputs)
+        self._record(ran.entries, ran.rows, ran.started, ran.ended, ran.collate_s)
 
     async def _retry_in_halves(self, entries: list[_Entry], err: Exception, thread: _DedicatedThread) -> None:
         """Find the item at fault: split and re-run; an item that fails alone fails its job."""
@@ -555,7 +566,7 @@ class Batcher(Generic[P, C, R]):
         for half in (entries[:middle], entries[middle:]):
             alive = [e for e in half if not e.job.finished]
             if alive:
-                await self._run_entries(alive, None, None, 0.0, thread)
+                await self._settle(await thread.run(self._take_and_run, _Prepared(alive, None, None, 0.0)), thread)
 
     def _shrink_budget(self) -> None:
         floor = padded_length(1, self.policy.length_multiple, self.policy.max_padded_len)
@@ -590,7 +601,7 @@ class Batcher(Generic[P, C, R]):
             real_tokens=sum(costs),
             padded_tokens=padded_len * len(costs),
             padded_len=padded_len,
-            queue_wait_s=tuple(started - e.enqueued_at for e in entries),
+            queue_wait_s=tuple(max(0.0, started - e.enqueued_at) for e in entries),
             collate_s=collate_s,
             compute_s=ended - started,
             idle_gap_s=max(0.0, started - idle_since),

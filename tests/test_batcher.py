@@ -201,6 +201,47 @@ async def test_a_busy_runner_gets_a_full_batch_prepared_without_waiting():
         runner.release()
 
 
+async def test_the_model_thread_takes_the_next_batch_while_the_event_loop_is_busy():
+    """In a burst the loop has hundreds of jobs to answer: the GPU must not wait for it."""
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        runner.started.clear()
+        tg.start_soon(submit_all, batcher, {"full": job("full", 4)}, results)
+        await until(runner.collate_seen)
+        await anyio.wait_all_tasks_blocked()  # the next batch is collated and handed over
+        runner.release()
+        # Block the event loop itself: only the model thread can start the next batch now.
+        assert runner.started.wait(HOLD_S), "the next batch waited for the event loop"
+        assert runner.batches == [["first"], job("full", 4)]
+    assert results["full"] == [f"out:{p}" for p in job("full", 4)]
+
+
+async def test_a_job_cancelled_after_its_batch_was_handed_over_never_reaches_the_runner():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        with anyio.CancelScope() as doomed:
+            tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
+            await anyio.wait_all_tasks_blocked()
+            ticket = batcher.enqueue(job("doomed", 2), [10, 10])
+            await until(runner.collate_seen)
+            await anyio.wait_all_tasks_blocked()  # collated and waiting on the model thread
+            assert runner.collated[-1] == [*job("kept", 2), *job("doomed", 2)]
+            doomed.cancel()
+            await ticket.result()
+        runner.release()
+    assert runner.batches == [["first"], job("kept", 2)]
+    assert results["kept"] == ["out:kept.0", "out:kept.1"]
+    assert batcher.stats.items_dropped == 2
+
+
 async def test_a_full_queue_rejects_at_once_with_a_retryable_error():
     runner = FakeRunner()
     runner.hold()
