@@ -126,7 +126,8 @@ class _Ran:
     error: Exception | None = None
     collate_s: float = 0.0
     started: float = 0.0
-    """``time.monotonic()``, the clock of asyncio's loop (``anyio.current_time()``)."""
+    """``time.monotonic()``: asyncio's loop clock (``anyio.current_time()``), which the items'
+    queueing times use; uvloop's is the same clock, read coarser."""
     ended: float = 0.0
 
 
