@@ -175,3 +175,12 @@ def test_refusal_bench_times_the_pods_way_beside_a_plain_parse(tmp_path: Path) -
     rows = json.loads((tmp_path / "refusal.json").read_text())["rows"]
     assert [row["answer"] for row in rows] == ["invalid_input: headlines: expected at most 128 items"] * 2 + ["accepted"]
     assert all(row["json_us"] > 0 and row["pod_us"] > 0 for row in rows)
+
+
+def test_first_job_bench_times_both_ways_in_new_worker_processes(tmp_path: Path) -> None:
+    """bench/first_job.py at its smallest: a first and a second job in each way's own process."""
+    command = [sys.executable, "bench/first_job.py", "--model", "synthetic:tiny", "--rounds", "1", "--out", str(tmp_path)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    rounds = json.loads((tmp_path / "first_job.json").read_text())["rounds"]
+    assert set(rounds) == {"now", "heap left to the first job"}
+    assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for way in rounds.values() for r in way)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -117,6 +118,14 @@ async def test_preload_warms_the_model_before_the_first_poll_and_the_engine_does
         assert worker.host.startup is not None
         assert batches == [] and round(worker.host.startup.warmup_s, 3) == loaded["warmup_s"]
         assert "error" not in await worker.handler(classify_job("1", "x"))
+
+
+def test_preload_takes_the_start_up_heap_out_of_the_collectors_reach_before_the_first_poll() -> None:
+    """Otherwise the first job starts the engine and waits, on the SDK's loop, for a full
+    collection of everything torch and transformers built."""
+    gc.unfreeze()  # as in a new worker process: nothing frozen yet
+    ServerlessWorker(SETTINGS).preload()
+    assert gc.get_freeze_count() > 0
 
 
 @pytest.mark.parametrize("preload", [False, True])

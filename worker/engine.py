@@ -57,7 +57,7 @@ class NliEngine:
         # The batcher budgets padded lengths as the model pads them (batching.policy.padded_length).
         policy = settings.batch_policy(on_gpu=model.device.type == "cuda")
         policy = replace(policy, length_multiple=model.length_multiple, max_padded_len=model.max_padded_len)
-        _tune_garbage_collector()
+        tune_garbage_collector()  # nearly free when the engine's host has done it already
         log.info(
             "engine_started",
             model=model.name,
@@ -139,13 +139,15 @@ collections too: under sustained load a large share of the CPU goes there. At 10
 collections are far fewer, and short (BENCHMARKS.md)."""
 
 
-def _tune_garbage_collector() -> None:
+def tune_garbage_collector() -> None:
     """Move what start-up built (torch, transformers, the model: ~400k objects) out of the
     collector's reach, after collecting what is already garbage, and collect the young
     generation less often.
 
     Otherwise every full collection walks them all, a pause that stalls the event loop, and so
-    admission, for every job in flight (RELIABILITY.md).
+    admission, for every job in flight (RELIABILITY.md). The first call is itself such a
+    collection (hundreds of ms): ``EngineHost`` makes it once the model is warm, before a front
+    end takes jobs, and later calls only collect what is new.
     """
     gc.collect()
     gc.freeze()

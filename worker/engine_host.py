@@ -21,7 +21,7 @@ import anyio
 import structlog
 
 from batching import BatchStats, Unavailable
-from worker.engine import NliEngine
+from worker.engine import NliEngine, tune_garbage_collector
 from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.settings import Settings
@@ -131,6 +131,7 @@ class EngineHost:
             log.exception("model_load_failed", model=settings.model_name)
             self.failure = Unavailable(f"model failed to load: {type(err).__name__}: {err}")
             return
+        tune_garbage_collector()  # serverless: before the SDK's loop, so no job waits for it
         self.startup = Startup(model_load_s=self._loaded_s, warmup_s=warmup_s)
         log.info("model_loaded", model=self._model.name, device=str(self._model.device),
                  model_load_s=round(self._loaded_s, 3), warmup_s=round(warmup_s, 3))  # fmt: skip
