@@ -508,7 +508,7 @@ class Batcher(Generic[P, C, R]):
             async for launched in receive:
                 try:
                     ran = await asyncio.wrap_future(launched.ran)
-                    self.stats.items_dropped += len(launched.entries) - len(ran.entries)  # taken already
+                    self._drop_left_out(launched.entries, ran.entries)
                     await self._settle(ran, thread)
                 finally:
                     self._runner_busy = False
@@ -516,11 +516,12 @@ class Batcher(Generic[P, C, R]):
 
     def _take_and_run(self, prepared: _Prepared) -> _Ran:
         """On the model thread, once the batch before is done: leave out the items of jobs that
-        ended while the batch waited (cancelled, expired, failed), collate unless done, run.
+        ended or expired while the batch waited, collate unless done, run.
 
         Never raises: a failure comes back in ``_Ran.error`` and the loop bisects the batch.
         """
-        entries = [e for e in prepared.entries if not e.job.finished]
+        now = time.monotonic()
+        entries = [e for e in prepared.entries if not e.job.finished and e.job.deadline > now]
         if not entries:
             return _Ran(entries)
         collated, rows, collate_s = prepared.collated, prepared.rows, prepared.collate_s
@@ -538,6 +539,17 @@ class Batcher(Generic[P, C, R]):
         except Exception as err:  # noqa: BLE001 - handed to the loop, which bisects
             return _Ran(entries, error=err)
         return _Ran(entries, rows, outputs, None, collate_s, started, ended)
+
+    def _drop_left_out(self, taken: list[_Entry], ran: list[_Entry]) -> None:
+        """Count the items the model thread left out (taken from the queue already, so not
+        counted yet) and end the jobs among them that expired before compute."""
+        if len(ran) == len(taken):
+            return
+        self.stats.items_dropped += len(taken) - len(ran)
+        now = anyio.current_time()
+        for entry in taken:
+            if not entry.job.finished and entry.job.deadline <= now:
+                self._finish(entry.job, DeadlineExceeded("expired before compute"))
 
     async def _settle(self, ran: _Ran, thread: _DedicatedThread) -> None:
         """Fan a batch's results out and record it; on failure, find the item at fault."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -240,6 +241,28 @@ async def test_a_job_cancelled_after_its_batch_was_handed_over_never_reaches_the
     assert runner.batches == [["first"], job("kept", 2)]
     assert results["kept"] == ["out:kept.0", "out:kept.1"]
     assert batcher.stats.items_dropped == 2
+
+
+async def test_a_job_that_expires_while_its_batch_waits_on_the_model_thread_is_left_out_and_times_out():
+    runner = FakeRunner()
+    runner.hold()
+    results: dict = {}
+    async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
+        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+        await until(runner.started)
+        runner.started.clear()
+        tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
+        await anyio.wait_all_tasks_blocked()
+        late = batcher.enqueue(job("late", 2), [10, 10], timeout_s=0.01)  # nobody waits on it yet
+        await until(runner.collate_seen)
+        await anyio.wait_all_tasks_blocked()  # collated and waiting on the model thread
+        time.sleep(0.02)  # the loop is busy past the deadline: no timer of the loop's ends the job
+        runner.release()
+        assert runner.started.wait(HOLD_S)
+        with pytest.raises(DeadlineExceeded, match="timed_out"):
+            await late.result()
+    assert runner.batches == [["first"], job("kept", 2)]
+    assert results["kept"] == ["out:kept.0", "out:kept.1"]
 
 
 async def test_a_full_queue_rejects_at_once_with_a_retryable_error():
