@@ -18,6 +18,7 @@ from batching import (
     InvalidInput,
     Overloaded,
     ResourceExhausted,
+    Ticket,
     Unavailable,
 )
 
@@ -202,39 +203,44 @@ async def test_a_busy_runner_gets_a_full_batch_prepared_without_waiting():
         runner.release()
 
 
+async def hand_over_behind_a_running_batch(batcher: Batcher, runner: FakeRunner, tg, results: dict,
+                                          other: list[str], **kw) -> Ticket:
+    """With "first" computing, queue "kept" and then ``other`` (2 items each, the batch of 4 the
+    policy cuts) and return once that batch is collated and handed to the model thread:
+    ``other``'s ticket, nobody waiting on it yet."""
+    runner.hold()
+    tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
+    await until(runner.started)
+    runner.started.clear()
+    tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
+    await anyio.wait_all_tasks_blocked()
+    ticket = batcher.enqueue(other, [10] * len(other), **kw)
+    await until(runner.collate_seen)
+    await anyio.wait_all_tasks_blocked()  # the former is blocked: the batch is on the model thread
+    assert runner.collated[-1] == [*job("kept", 2), *other]
+    return ticket
+
+
 async def test_the_model_thread_takes_the_next_batch_while_the_event_loop_is_busy():
     """In a burst the loop has hundreds of jobs to answer: the GPU must not wait for it."""
     runner = FakeRunner()
-    runner.hold()
     results: dict = {}
     async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        runner.started.clear()
-        tg.start_soon(submit_all, batcher, {"full": job("full", 4)}, results)
-        await until(runner.collate_seen)
-        await anyio.wait_all_tasks_blocked()  # the next batch is collated and handed over
+        ticket = await hand_over_behind_a_running_batch(batcher, runner, tg, results, job("next", 2))
         runner.release()
         # Block the event loop itself: only the model thread can start the next batch now.
         assert runner.started.wait(HOLD_S), "the next batch waited for the event loop"
-        assert runner.batches == [["first"], job("full", 4)]
-    assert results["full"] == [f"out:{p}" for p in job("full", 4)]
+        assert runner.batches == [["first"], [*job("kept", 2), *job("next", 2)]]
+        assert await ticket.result() == ["out:next.0", "out:next.1"]
+    assert results["kept"] == ["out:kept.0", "out:kept.1"]
 
 
 async def test_a_job_cancelled_after_its_batch_was_handed_over_never_reaches_the_runner():
     runner = FakeRunner()
-    runner.hold()
     results: dict = {}
     async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
+        ticket = await hand_over_behind_a_running_batch(batcher, runner, tg, results, job("doomed", 2))
         with anyio.CancelScope() as doomed:
-            tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
-            await anyio.wait_all_tasks_blocked()
-            ticket = batcher.enqueue(job("doomed", 2), [10, 10])
-            await until(runner.collate_seen)
-            await anyio.wait_all_tasks_blocked()  # collated and waiting on the model thread
-            assert runner.collated[-1] == [*job("kept", 2), *job("doomed", 2)]
             doomed.cancel()
             await ticket.result()
         runner.release()
@@ -245,17 +251,9 @@ async def test_a_job_cancelled_after_its_batch_was_handed_over_never_reaches_the
 
 async def test_a_job_that_expires_while_its_batch_waits_on_the_model_thread_is_left_out_and_times_out():
     runner = FakeRunner()
-    runner.hold()
     results: dict = {}
     async with Batcher(runner, policy(max_batch_items=4)) as batcher, anyio.create_task_group() as tg:
-        tg.start_soon(submit_all, batcher, {"first": ["first"]}, results)
-        await until(runner.started)
-        runner.started.clear()
-        tg.start_soon(submit_all, batcher, {"kept": job("kept", 2)}, results)
-        await anyio.wait_all_tasks_blocked()
-        late = batcher.enqueue(job("late", 2), [10, 10], timeout_s=0.01)  # nobody waits on it yet
-        await until(runner.collate_seen)
-        await anyio.wait_all_tasks_blocked()  # collated and waiting on the model thread
+        late = await hand_over_behind_a_running_batch(batcher, runner, tg, results, job("late", 2), timeout_s=0.01)
         time.sleep(0.02)  # the loop is busy past the deadline: no timer of the loop's ends the job
         runner.release()
         assert runner.started.wait(HOLD_S)
