@@ -152,7 +152,7 @@ class _DedicatedThread:
         return self._pool.submit(fn, *args)
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        return await asyncio.wrap_future(self.submit(fn, *args))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
