@@ -4,9 +4,9 @@
 
 A worker that RunPod starts during a burst takes jobs as soon as its SDK loop polls. Each round
 starts fresh worker processes, as a cold start does, with ``--model`` on the CPU (by default
-``synthetic:distilbert-mnli``: the real model's size and start-up heap): ``ServerlessWorker.preload()`` (what
-``worker serverless`` runs before the SDK's loop), then one ``classify`` job, then a second. Two
-ways, alternating in each round:
+``synthetic:distilbert-mnli``: the real model's size and start-up heap), runs
+``ServerlessWorker.preload()`` (what ``worker serverless`` runs before the SDK's loop), then one
+``classify`` job, then a second. Two ways, alternating in each round:
 - ``now``: as shipped: preload also takes the start-up heap out of the collector's reach;
 - ``heap left to the first job``: ``gc.unfreeze()`` after preload, so the engine's start on the
   first job makes the full collection itself, on the event loop, as the worker did before.
