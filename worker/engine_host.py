@@ -1,13 +1,13 @@
 """The engine's life, for both front ends: load and time the model, warm it, serve, fail, stop.
 
-The serverless worker and the pod differ only in when the model loads: the serverless worker
-loads and warms it, and takes the start-up heap out of the collector's reach, before the SDK's
-loop takes a job (``preload``), so a cold start ends when the worker can serve; the pod answers
-HTTP at once and loads in the background (``serve`` does it off the event loop). Either way ``serve`` runs the engine in one task for the host's life (the
-batcher's anyio task group must be entered and left by the same task), concurrent callers of
-``wait_ready`` all wait for the same readiness, and a model or engine that fails is logged once
-and kept as the ``Unavailable`` every job is answered with. This is the one place that sets the
-start-up metrics (load and warm-up seconds, ready).
+The serverless worker and the pod differ only in when the model loads: the serverless worker loads
+and warms it, and takes the start-up heap out of the collector's reach, before the SDK's loop takes
+a job (``preload``), so a cold start ends when the worker can serve; the pod answers HTTP at once
+and loads in the background (``serve`` does it off the event loop). Either way ``serve`` runs the
+engine in one task for the host's life (the batcher's anyio task group must be entered and left by
+the same task), concurrent callers of ``wait_ready`` all wait for the same readiness, and a model
+or engine that fails is logged once and kept as the ``Unavailable`` every job is answered with.
+This is the one place that sets the start-up metrics (load and warm-up seconds, ready).
 """
 
 from __future__ import annotations
