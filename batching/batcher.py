@@ -507,9 +507,7 @@ class Batcher(Generic[P, C, R]):
         async with receive:
             async for launched in receive:
                 try:
-                    ran = await asyncio.wrap_future(launched.ran)
-                    self._drop_left_out(launched.entries, ran.entries)
-                    await self._settle(ran, thread)
+                    await self._settle(launched.entries, await asyncio.wrap_future(launched.ran), thread)
                 finally:
                     self._runner_busy = False
                     self._notify()
@@ -527,9 +525,9 @@ class Batcher(Generic[P, C, R]):
         collated, rows, collate_s = prepared.collated, prepared.rows, prepared.collate_s
         try:
             if collated is None or len(entries) < len(prepared.entries):
-                started = time.perf_counter()
+                collating = time.perf_counter()
                 collated, rows = self._merge_and_collate([e.payload for e in entries])
-                collate_s += time.perf_counter() - started
+                collate_s += time.perf_counter() - collating
             started = time.monotonic()
             outputs = self._runner.run(collated)
             ended = time.monotonic()
@@ -551,8 +549,10 @@ class Batcher(Generic[P, C, R]):
             if not entry.job.finished and entry.job.deadline <= now:
                 self._finish(entry.job, DeadlineExceeded("expired before compute"))
 
-    async def _settle(self, ran: _Ran, thread: _DedicatedThread) -> None:
-        """Fan a batch's results out and record it; on failure, find the item at fault."""
+    async def _settle(self, taken: list[_Entry], ran: _Ran, thread: _DedicatedThread) -> None:
+        """Account for what the model thread left out of ``taken``, fan the results out and
+        record the batch; on failure, find the item at fault."""
+        self._drop_left_out(taken, ran.entries)
         if not ran.entries:
             return
         if ran.error is not None:
@@ -579,7 +579,8 @@ class Batcher(Generic[P, C, R]):
         for half in (entries[:middle], entries[middle:]):
             alive = [e for e in half if not e.job.finished]
             if alive:
-                await self._settle(await thread.run(self._take_and_run, _Prepared(alive, None, None, 0.0)), thread)
+                ran = await thread.run(self._take_and_run, _Prepared(alive, None, None, 0.0))
+                await self._settle(alive, ran, thread)
 
     def _shrink_budget(self) -> None:
         floor = padded_length(1, self.policy.length_multiple, self.policy.max_padded_len)
