@@ -15,7 +15,15 @@ import anyio
 import httpx
 import pytest
 from test_emulator import serverless_worker, wait_all_final
-from test_prometheus import free_port, prometheus_command, query, require_prometheus, running, write_config
+from test_prometheus import (
+    free_port,
+    prometheus_command,
+    query,
+    require_prometheus,
+    running,
+    wait_ready,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = 20
@@ -59,6 +67,7 @@ async def test_a_serverless_worker_pushes_its_metrics_and_deletes_them_when_it_s
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{prometheus_port}", timeout=5) as prometheus,
             httpx.AsyncClient(base_url=gateway_url, timeout=5) as gateway,
         ):
+            await wait_ready(prometheus)
             worker = emu.worker_env["RUNPOD_POD_ID"]
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}, **emu.worker_env,

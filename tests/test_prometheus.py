@@ -78,6 +78,19 @@ def prometheus_command(binary: str, config: Path, data: Path, port: int) -> list
     return [binary, f"--config.file={config}", f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}"]
 
 
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 90) -> None:
+    """Poll Prometheus's readiness endpoint until it answers 200: its query API answers 503
+    until its storage has started."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            try:
+                if (await client.get("/-/ready")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            await anyio.sleep(0.25)
+
+
 async def query(client: httpx.AsyncClient, expression: str) -> list[dict]:
     response = await client.get("/api/v1/query", params={"query": expression})
     response.raise_for_status()
@@ -111,6 +124,7 @@ async def test_prometheus_scrapes_the_nli_series(pod_server, tmp_path: Path) -> 
         config = write_config(tmp_path, base_url.removeprefix("http://"))
         with running(prometheus_command(binary, config, tmp_path / "data", port), tmp_path / "prometheus.log") as process:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as prometheus:
+                await wait_ready(prometheus)
                 with anyio.fail_after(90):
                     found = await wait_for_series(prometheus, process)
                 up = await query(prometheus, 'up{job="burst-nli"}')
