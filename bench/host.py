@@ -61,7 +61,7 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
     admission = Admission(model, None, premise_cache_size=0)  # type: ignore[arg-type]  # tokenizes, never queues
     decoded = [schema.decode_input(job) for job in jobs]
     plans = [plan_job(op, model, settings.thresholds) for op in decoded]
-    tokens = admission.tokenize_tick([plan.pairs for plan in plans])
+    tokens = admission.tokenizer.tokenize_tick([plan.pairs for plan in plans])
     pairs = [pair for job_tokens in tokens for pair in job_tokens]
     batch = settings.batch_policy(on_gpu=True).max_batch_items
     rng = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def stage_costs(model: NliModel, settings: Settings, jobs: Sequence[dict], repea
     stages: dict[str, Callable[[], object]] = {
         "decode": lambda: [schema.decode_input(job) for job in jobs],
         "plan": lambda: [plan_job(op, model, settings.thresholds) for op in decoded],
-        "tokenize": lambda: admission.tokenize_tick([plan.pairs for plan in plans]),  # the burst in one tick
+        "tokenize": lambda: admission.tokenizer.tokenize_tick([plan.pairs for plan in plans]),  # the burst in one tick
         "collate": lambda: [model.collate(pairs[i : i + batch]) for i in range(0, len(pairs), batch)],
         "aggregate": lambda: [plan.aggregate(rows) for plan, rows in zip(plans, logits)],
         "encode": lambda: [msgspec.json.encode(msgspec.to_builtins(result)) for result in results],

@@ -10,7 +10,8 @@ from held_model import held_batches
 
 from batching import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from schemas import DEFAULT_SCHEMA
-from worker.admission import PremiseCache, QueuedPairs
+from worker.admission import QueuedPairs
+from worker.tokenizing import PremiseCache
 from worker.engine import NliEngine
 from worker.service import execute_job
 from worker.settings import Settings
@@ -40,7 +41,7 @@ async def test_the_jobs_of_one_tick_have_their_new_premises_tokenized_in_one_cal
     jobs = [pairs_about(HEADLINES[i % 3]) for i in range(6)]
     async with NliEngine.start(settings(), model=tiny_model) as engine:
         alone = [await engine.infer(pairs_about(headline)) for headline in HEADLINES]
-        engine.admission.premises = PremiseCache(1024)  # forget them: the tick below must tokenize
+        engine.admission.tokenizer.premises = PremiseCache(1024)  # forget them: the tick below must tokenize
         encode_calls.clear()
         queued = [engine.enqueue(pairs) for pairs in jobs]  # one tick: no await in between
         assert engine.queued_pairs == 12 and engine.inflight_jobs == 6
@@ -161,7 +162,7 @@ async def test_tokens_are_counted_before_acceptance_refused_or_waited_for(tiny_m
 async def test_a_tick_of_much_new_text_is_tokenized_off_the_loop_which_keeps_answering(tiny_model, monkeypatch):
     import threading
 
-    from worker.admission import INLINE_TOKENIZE_CHARS
+    from worker.tokenizing import INLINE_TOKENIZE_CHARS
 
     loop_thread, seen_in, release = threading.get_ident(), [], threading.Event()
     encode_texts = tiny_model.encode_texts

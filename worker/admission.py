@@ -15,16 +15,15 @@ job's pairs enter the batcher's queue in admission order, or:
   is not overtaken by small ones), until the queue has room for all its pairs and tokens, or
   its deadline passes (``timed_out``).
 
-Premises go through a small LRU (``PREMISE_CACHE_SIZE``): the headline service makes several calls
-about one headline at once, and the headline is tokenized once for all of them; its pairs in
-those jobs share one tuple, which the batcher's merging of identical pairs compares by identity.
+Tokenizing itself, and the premise cache, are ``worker/tokenizing.py``'s. A split worker's model
+process admits pairs its front processes tokenized (``admit_tokens``): no tick to wait for.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -33,48 +32,12 @@ import numpy as np
 from batching import Batcher, DeadlineExceeded, InvalidInput, ServiceError, Ticket, Unavailable
 from worker.model import NliModel
 from worker.pairs import PairTokens
-
-Pair = tuple[str, str]
-
-INLINE_TOKENIZE_CHARS = 100_000
-"""New premise text in one tick beyond which it is tokenized off the event loop: a burst of
-headlines stays inline, a flood of long texts leaves the loop free to answer."""
-
-
-class PremiseCache:
-    """Recent premises' token ids; the least recently used goes first. Size 0 keeps none."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def lookup(self, texts: Iterable[str]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
-        """(the ids of the texts held, the texts not held)."""
-        found: dict[str, tuple[int, ...]] = {}
-        missing = []
-        for text in texts:
-            ids = self._ids.get(text)
-            if ids is None:
-                missing.append(text)
-            else:
-                self._ids.move_to_end(text)
-                found[text] = ids
-        return found, missing
-
-    def add(self, text: str, ids: tuple[int, ...]) -> None:
-        if self.size < 1:
-            return
-        self._ids[text] = ids
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
+from worker.tokenizing import Pair, PairTokenizer, premises_of
 
 @dataclass(eq=False, slots=True)
 class _Admitted:
-    pairs: Sequence[Pair]
+    pairs: Sequence[Pair] | Sequence[PairTokens]
+    """The job's pairs as text, or as ids when a front process tokenized them; counted by length."""
     hypotheses: list[tuple[int, ...]]
     timeout_s: float | None
     deadline: float
@@ -166,7 +129,7 @@ class Admission:
     def __init__(self, model: NliModel, batcher: Batcher, premise_cache_size: int) -> None:
         self.model = model
         self.batcher = batcher
-        self.premises = PremiseCache(premise_cache_size)
+        self.tokenizer = PairTokenizer(model, premise_cache_size)
         self._admitted: list[_Admitted] = []
         self._admitted_pairs = 0
         self._tick = anyio.Event()
@@ -209,19 +172,35 @@ class Admission:
         else:
             self.batcher.check_admission(len(pairs), reserved_items=self.admitted_pairs)
         deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
-        job = _Admitted(pairs, self._hypotheses(pairs), timeout_s, deadline, wait_for_room, self._settled)
+        job = _Admitted(pairs, self.tokenizer.hypotheses(pairs), timeout_s, deadline, wait_for_room, self._settled)
         self._admitted.append(job)
         self._admitted_pairs += len(pairs)
         self._tick.set()
         return QueuedPairs(job, len(self.model.labels), self)
 
-    def tokenize(self, pairs: Sequence[Pair]) -> list[PairTokens]:
-        """Token ids of one job's pairs, now."""
-        return self.tokenize_tick([pairs])[0]
-
-    def tokenize_tick(self, jobs: Sequence[Sequence[Pair]]) -> list[list[PairTokens]]:
-        """Token ids of many jobs' pairs, their new premises in one call: what a tick costs."""
-        return self._pairs(jobs, [self._hypotheses(pairs) for pairs in jobs])
+    def admit_tokens(
+        self, tokens: Sequence[PairTokens], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> QueuedPairs:
+        """``admit`` for pairs already tokenized (by a front process): with their tokens known
+        there is no tick to wait for, so they are queued, held for room or refused now, by the
+        same rules and behind the same waiting room."""
+        costs = [pair.length for pair in tokens]
+        token_count = sum(costs)
+        policy = self.batcher.policy
+        if len(tokens) > policy.max_queue_items or token_count > policy.max_queue_tokens:
+            raise self._too_big(len(tokens), token_count)
+        if wait_for_room:
+            if not self.batcher.running:
+                raise Unavailable("the batcher is not running")
+        else:
+            self.batcher.check_admission(len(tokens), token_count, reserved_items=self.admitted_pairs)
+        deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+        job = _Admitted(tokens, [], timeout_s, deadline, wait_for_room, anyio.Event(), list(tokens), costs, token_count)
+        if wait_for_room and (self._waiting or not self.batcher.has_room(len(tokens), token_count)):
+            self._hold(job)
+        else:
+            self._enqueue(job)
+        return QueuedPairs(job, len(self.model.labels), self)
 
     async def run(self) -> None:
         """Forever: wait for a tick's admitted jobs, tokenize their premises together, queue them."""
@@ -259,63 +238,13 @@ class Admission:
         self._admitted, self._admitted_pairs, self._settled = [], 0, anyio.Event()
         return taken
 
-    def _hypotheses(self, pairs: Sequence[Pair]) -> list[tuple[int, ...]]:
-        """Each pair's hypothesis ids (cached); ``InvalidInput`` naming a pair that cannot fit."""
-        hypotheses = []
-        for index, (_, hypothesis) in enumerate(pairs):
-            ids = self.model.hypothesis_ids(hypothesis)
-            try:
-                self.model.layout.check_hypothesis(ids)
-            except ValueError as err:
-                raise InvalidInput(f"pairs[{index}]: {err}") from err
-            hypotheses.append(ids)
-        return hypotheses
-
-    def _premise_ids(self, texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
-        """Each text's ids: the cached ones, and the rest tokenized in one call."""
-        found, missing = self.premises.lookup(texts)
-        return self._remember(found, missing, self.model.encode_texts(missing))
-
-    async def _premise_ids_off_loop(self, texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
-        """``_premise_ids``, but a tick with much new text is tokenized in a worker thread (the
-        Rust tokenizer holds no GIL), so the loop keeps answering (``/ping``) meanwhile; a
-        usual tick is cheaper inline than a thread hop."""
-        found, missing = self.premises.lookup(texts)
-        if sum(map(len, missing)) > INLINE_TOKENIZE_CHARS:
-            encoded = await anyio.to_thread.run_sync(self.model.encode_texts, missing)
-        else:
-            encoded = self.model.encode_texts(missing)
-        return self._remember(found, missing, encoded)
-
-    def _remember(
-        self, found: dict[str, tuple[int, ...]], missing: list[str], encoded: list[tuple[int, ...]]
-    ) -> dict[str, tuple[int, ...]]:
-        for text, ids in zip(missing, encoded):
-            found[text] = ids
-            self.premises.add(text, ids)
-        return found
-
-    def _pairs(
-        self,
-        jobs: Sequence[Sequence[Pair]],
-        hypotheses: Sequence[list[tuple[int, ...]]],
-        premises: dict[str, tuple[int, ...]] | None = None,
-    ) -> list[list[PairTokens]]:
-        if premises is None:
-            premises = self._premise_ids(_premises_of(jobs))
-        pair = self.model.pair
-        return [
-            [pair(premises[premise], ids) for (premise, _), ids in zip(pairs, job_hypotheses)]
-            for pairs, job_hypotheses in zip(jobs, hypotheses)
-        ]
-
     async def _queue(self, jobs: list[_Admitted]) -> None:
         """Tokenize a tick's live jobs together; queue each, or send it to the waiting room."""
         live = [job for job in jobs if not job.abandoned]
         pairs = [job.pairs for job in live]
         try:
-            premises = await self._premise_ids_off_loop(_premises_of(pairs))
-            tokens = self._pairs(pairs, [job.hypotheses for job in live], premises)
+            premises = await self.tokenizer.premise_ids_off_loop(premises_of(pairs))
+            tokens = self.tokenizer.pairs(pairs, [job.hypotheses for job in live], premises)
         except Exception as err:  # the tokenizer failed: every job ends with it (logged as internal)
             for job in live:
                 job.error = err
@@ -371,9 +300,4 @@ class Admission:
             job.ticket = self.batcher.enqueue(job.tokens, job.costs, timeout_s=timeout_s)
         except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
             job.error = err
-
-
-def _premises_of(jobs: Sequence[Sequence[Pair]]) -> dict[str, None]:
-    """The distinct premises of jobs' pairs, in order."""
-    return dict.fromkeys(premise for pairs in jobs for premise, _ in pairs)
 

@@ -23,6 +23,7 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pairs import PairTokens
 from worker.settings import Settings
+from worker.tokenizing import PairTokenizer
 
 log = structlog.get_logger("worker.engine")
 
@@ -109,9 +110,14 @@ class NliEngine:
     def inflight_jobs(self) -> int:
         return self.batcher.inflight_jobs + self.admission.admitted_jobs
 
+    @property
+    def tokenizer(self) -> PairTokenizer:
+        """What turns jobs' pairs into token ids, premises through its cache (admission's)."""
+        return self.admission.tokenizer
+
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[PairTokens]:
         """Token ids for each pair, as admission makes them (premises through its cache)."""
-        return self.admission.tokenize(pairs)
+        return self.tokenizer.tokenize(pairs)
 
     async def infer(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Logits ``[len(pairs), len(labels)]`` for (premise, hypothesis) pairs, in order: ``enqueue``
