@@ -53,6 +53,21 @@ def test_baked_synthetic_model_reloads_with_the_same_logits(baked: Path, tiny_mo
     np.testing.assert_allclose(logits_of(reloaded), logits_of(tiny_model), atol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["baked", "synthetic"])
+def test_a_front_process_loads_the_tokenizer_and_labels_without_the_weights(
+    baked: Path, tiny_model: NliModel, source: str
+) -> None:
+    head = NliModel.load_head(str(baked) if source == "baked" else "synthetic:tiny")
+    assert head.device.type == "meta"  # no weights in memory
+    assert (head.labels, head.entailment_index, head.contradiction_index, head.layout) == (
+        tiny_model.labels, tiny_model.entailment_index, tiny_model.contradiction_index, tiny_model.layout,
+    )  # fmt: skip
+    text, hypothesis = "Sompo To Acquire Aspen For $3.5B, Or $37.50/Share", "This text is about Apple."
+    assert head.pair(head.encode_text(text), head.hypothesis_ids(hypothesis)) == tiny_model.pair(
+        tiny_model.encode_text(text), tiny_model.hypothesis_ids(hypothesis)
+    )
+
+
 def test_nothing_but_the_baked_directory_is_left_behind(baked: Path) -> None:
     assert [p.name for p in baked.parent.iterdir()] == ["tiny"]
 

@@ -101,10 +101,12 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         raise ValueError(f"invalid dtype {dtype!r}: expected one of {', '.join(_DTYPES)}") from None
 
 
-def _load_pretrained(name: str) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_pretrained(name: str, *, weights: bool = True) -> tuple[Any, torch.nn.Module]:
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name)
+    if not weights:
+        return tokenizer, AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(name))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="sdpa")
     except ValueError:
@@ -198,6 +200,17 @@ class NliModel:
         else:
             tokenizer, model = _load_pretrained(name)
         return cls(name, tokenizer, model.to(device=torch_device, dtype=torch_dtype).eval())
+
+    @classmethod
+    def load_head(cls, name: str) -> NliModel:
+        """The tokenizer and labels of a model without its weights (torch's ``meta`` device): what
+        a front process of a split worker needs to tokenize and aggregate; it cannot ``run``."""
+        with torch.device("meta"):
+            if name.startswith("synthetic:"):
+                tokenizer, model = build_synthetic(name)
+            else:
+                tokenizer, model = _load_pretrained(name, weights=False)
+        return cls(name, tokenizer, model)
 
     def encode_text(self, text: str) -> tuple[int, ...]:
         """Token ids without special tokens: one segment of a pair (the same ids as

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
 import structlog
 
 from batching import ServiceError
 from schemas import JOB_TYPES, OPERATIONS, JobSchema, Operation, operation_name
-from worker.engine import QueuedPairs
 from worker.metrics import Metrics
 from worker.operations import NliHead, Plan, plan_job
 from worker.settings import Settings
@@ -36,8 +36,17 @@ _levels = logging.getLogger("worker.service")
 line below the level only after building it."""
 
 
+class Queued(Protocol):
+    """A job's pairs handed to an engine (``QueuedPairs``, or a split worker's ``RemoteJob``)."""
+
+    async def accepted(self) -> None: ...
+
+    async def logits(self) -> np.ndarray: ...
+
+
 class Engine(Protocol):
-    """What a job needs of ``NliEngine``."""
+    """What a job needs of an engine: ``NliEngine`` in one process, ``RemoteEngine`` in a front
+    process of a split worker (docs/PROCESSES.md)."""
 
     @property
     def model(self) -> NliHead: ...
@@ -47,7 +56,7 @@ class Engine(Protocol):
 
     def enqueue(
         self, pairs: list[tuple[str, str]], *, timeout_s: float | None = None, wait_for_room: bool = False
-    ) -> QueuedPairs: ...
+    ) -> Queued: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +87,7 @@ class AdmittedJob:
     job_id: str | None
     operation: str
     plan: Plan
-    queued: QueuedPairs
+    queued: Queued
     arrived: float
     """``time.perf_counter()`` at arrival: the latency clock's start."""
     metrics: Metrics | None
