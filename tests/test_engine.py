@@ -11,6 +11,7 @@ import pytest
 from batching import InvalidInput
 from worker.engine import YOUNG_COLLECTION_THRESHOLD, NliEngine
 from worker.settings import Settings
+from layouts import LAYOUTS, started
 
 HYPOTHESES = ["This is an opinion piece or editorial.", "This is a factual news report.",
               "This text is about Apple."]
@@ -28,12 +29,12 @@ def headlines() -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()][:40]
 
 
-async def infer_together(engine: NliEngine, jobs: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+async def infer_together(engine, jobs: list[list[tuple[str, str]]]) -> list[np.ndarray]:
     """Every job's logits, the jobs submitted at once."""
     together: list = [None] * len(jobs)
 
     async def one(i: int) -> None:
-        together[i] = await engine.infer(jobs[i])
+        together[i] = await engine.enqueue(jobs[i]).logits()
 
     async with anyio.create_task_group() as tg:
         for i in range(len(jobs)):
@@ -41,12 +42,13 @@ async def infer_together(engine: NliEngine, jobs: list[list[tuple[str, str]]]) -
     return together
 
 
-async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(tiny_model, headlines):
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_concurrent_jobs_share_batches_and_get_the_same_numbers_as_alone(tiny_model, headlines, layout):
     jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines]
-    async with NliEngine.start(settings(), model=tiny_model) as engine:
-        alone = [await engine.infer(pairs) for pairs in jobs[:5]]
+    async with started(layout, settings(), tiny_model) as (front, engine):
+        alone = [await front.enqueue(pairs).logits() for pairs in jobs[:5]]
         batches_before = engine.batcher.stats.batches
-        together = await infer_together(engine, jobs)
+        together = await infer_together(front, jobs)
         batches = engine.batcher.stats.batches - batches_before
     assert batches < len(jobs)
     for i, logits in enumerate(alone):
@@ -111,22 +113,24 @@ async def test_without_a_premise_cache_every_job_tokenizes_its_premise(tiny_mode
     assert calls.count("Fed Holds Rates") == 2 and first == second
 
 
-async def test_a_hypothesis_too_long_for_the_model_is_invalid_input_naming_the_pair(tiny_model):
-    async with NliEngine.start(settings(), model=tiny_model) as engine:
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_a_hypothesis_too_long_for_the_model_is_invalid_input_naming_the_pair(tiny_model, layout):
+    async with started(layout, settings(), tiny_model) as (front, _):
         with pytest.raises(InvalidInput, match=r"^invalid_input: pairs\[1\]: hypothesis of \d+ tokens"):
-            await engine.infer([("short", "fine"), ("a premise " * 10, "word " * 600)])
+            await front.enqueue([("short", "fine"), ("a premise " * 10, "word " * 600)]).logits()
 
 
-async def test_the_same_pairs_asked_by_jobs_at_once_run_once_with_the_numbers_of_alone(tiny_model, headlines):
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_the_same_pairs_asked_by_jobs_at_once_run_once_with_the_numbers_of_alone(tiny_model, headlines, layout):
     """The headline service asks classify and company_relevance of one headline together."""
-    seen: list = []
     jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines[:4]] * 3
-    async with NliEngine.start(settings(), model=tiny_model, on_batch=seen.append) as engine:
-        alone = [await engine.infer(pairs) for pairs in jobs[:4]]
-        seen.clear()
-        together = await infer_together(engine, jobs)
-    assert sum(batch.items for batch in seen) == 36
-    assert sum(batch.merged_items for batch in seen) >= 12  # 36 pairs, 12 of them distinct
+    async with started(layout, settings(), tiny_model) as (front, engine):
+        alone = [await front.enqueue(pairs).logits() for pairs in jobs[:4]]
+        before = engine.batcher.stats.items, engine.batcher.stats.items_merged
+        together = await infer_together(front, jobs)
+        items, merged = engine.batcher.stats.items - before[0], engine.batcher.stats.items_merged - before[1]
+    assert items == 36
+    assert merged >= 12  # 36 pairs, 12 of them distinct
     for i, logits in enumerate(together):
         np.testing.assert_allclose(logits, alone[i % 4], atol=1e-5)
 

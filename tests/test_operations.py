@@ -27,6 +27,7 @@ from worker.model import NliModel
 from worker.synthetic import build_synthetic
 from worker.operations import extract_catalyst_values, plan_job
 from worker.service import run_job
+from layouts import LAYOUTS, started
 from worker.settings import Settings, SettingsError
 
 HEADLINES = Path(__file__).parent / "data" / "example_headlines.txt"
@@ -148,7 +149,8 @@ ZERO_SHOT_LABELS = ["dividend", "monetary policy", "weather report", "a long and
         (["dividend"], False, "This headline is about {}."),  # one label: the pipeline goes multi-label
     ],
 )
-async def test_zero_shot_matches_transformers_pipeline(sharp_model, labels, multi_label, template) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_zero_shot_matches_transformers_pipeline(sharp_model, labels, multi_label, template, layout) -> None:
     import transformers
 
     pipe = transformers.pipeline(
@@ -164,8 +166,8 @@ async def test_zero_shot_matches_transformers_pipeline(sharp_model, labels, mult
         "template": template,
         "multi_label": multi_label,
     }
-    async with NliEngine.start(ENGINE_SETTINGS, model=sharp_model) as engine:
-        out = await run_job(engine, DEFAULT_SCHEMA, job)
+    async with started(layout, ENGINE_SETTINGS, sharp_model) as (front, _):
+        out = await run_job(front, DEFAULT_SCHEMA, job)
     assert len(out["results"]) == len(expected)
     for ours, theirs in zip(out["results"], expected):
         assert ours["sequence"] == theirs["sequence"]
@@ -193,10 +195,11 @@ async def test_zero_shot_scores_follow_their_labels_when_shuffled(sharp_model) -
     assert first["labels"] == second["labels"]  # sorted by score, whatever order they came in
 
 
-async def test_nli_probabilities_are_keyed_by_model_label(sharp_model) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_nli_probabilities_are_keyed_by_model_label(sharp_model, layout) -> None:
     pairs = [["Apple Declares $0.25 Dividend", "This is about a dividend."], ["Fed Raises Rates", "It rains."]]
-    async with NliEngine.start(ENGINE_SETTINGS, model=sharp_model) as engine:
-        out = await run_job(engine, DEFAULT_SCHEMA, {"operation": "nli", "pairs": pairs})
+    async with started(layout, ENGINE_SETTINGS, sharp_model) as (front, engine):
+        out = await run_job(front, DEFAULT_SCHEMA, {"operation": "nli", "pairs": pairs})
         logits = await engine.infer([tuple(p) for p in pairs])
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
     for row, result in zip(probs, out["results"]):

@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         help="allow binding beyond loopback without API_KEY (anyone who can reach the port can submit jobs)",
     )
     pod.add_argument("--record", metavar="PATH", help="append every accepted job to this load-test trace file")
+    model_process = commands.add_parser(
+        "model-process",
+        help="serve the model to front processes on a Unix socket (docs/PROCESSES.md; not a front end)",
+    )
+    model_process.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
     bake = commands.add_parser(
         "bake-model", help="download (or build) a model and tokenizer into a directory and check they load"
     )
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.serverless import start
 
         start(settings)
+    elif args.command == "model-process":
+        from worker.split.model_process import run
+
+        return run(settings, args.socket)
     elif args.command == "pod":
         from worker.pod import serve
 

@@ -1,0 +1,166 @@
+"""A worker split in two (docs/PROCESSES.md): what only a front process beside a model process
+can get wrong. What must hold in both layouts runs in both (``tests/layouts.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import anyio
+import numpy as np
+import pytest
+from held_model import held_batches
+from layouts import connected, model_process, settled, started
+
+from batching import Unavailable
+from schemas import DEFAULT_SCHEMA, OPERATIONS
+from worker.service import execute_job
+from worker.settings import Settings
+
+HEADLINE = "Apple Declares $0.25 Dividend"
+HYPOTHESES = ("This is an opinion piece or editorial.", "This text is about Apple.")
+ROOMY_BATCHES = {"max_batch_pairs": 64, "max_wait_ms": 60_000}
+"""While the model is held, what is queued stays queued until the test releases it."""
+
+
+def settings(**overrides) -> Settings:
+    return Settings(model_name="synthetic:tiny", warmup_max_len=16, **overrides)
+
+
+def pairs_about(headline: str) -> list[tuple[str, str]]:
+    return [(headline, hypothesis) for hypothesis in HYPOTHESES]
+
+
+async def test_every_operation_answers_as_in_one_process(tiny_model, example_jobs, check_job_output):
+    outputs = {}
+    for layout in ("one-process", "split"):
+        async with started(layout, settings(), tiny_model) as (front, _):
+            for operation in OPERATIONS:
+                job = {"operation": operation, **example_jobs[operation]}
+                outcome = await execute_job(front, DEFAULT_SCHEMA, job)
+                check_job_output(operation, example_jobs[operation], outcome.to_output())
+                outputs[layout, operation] = outcome.to_output()
+    for operation in OPERATIONS:
+        assert outputs["split", operation] == outputs["one-process", operation]  # the same batches, the same numbers
+
+
+async def test_bad_input_is_refused_with_the_same_words_in_the_front(tiny_model):
+    job = {"operation": "nli", "pairs": [["a premise", "$1" * 1000]]}  # 2,000 characters, 2,000 tokens
+    async with started("split", settings(max_queue_pairs=4), tiny_model) as (front, engine):
+        too_long = await execute_job(front, DEFAULT_SCHEMA, job)
+        too_many = await execute_job(front, DEFAULT_SCHEMA, {"operation": "nli", "pairs": [["a", "b"]] * 5})
+        assert engine.batcher.stats.jobs_submitted == 0
+    assert str(too_long.error).startswith("invalid_input: pairs[0]: hypothesis of")
+    assert str(too_many.error).startswith("invalid_input: job has 5 pairs")
+    assert "MAX_QUEUE_PAIRS=4" in str(too_many.error)
+
+
+async def test_the_same_headline_from_two_fronts_merges_in_one_batch(tiny_model, monkeypatch):
+    async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
+        engine = model.engine
+        async with connected(settings(), model.path, tiny_model) as first, connected(settings(), model.path, tiny_model) as second:
+            with held_batches(tiny_model, monkeypatch) as (entered, release):
+                warm = first.enqueue([("something else", "x")])
+                await anyio.to_thread.run_sync(entered.wait, 30)
+                jobs = [front.enqueue(pairs_about(HEADLINE)) for front in (first, second)]
+                await settled(first)
+                await settled(second)
+                release.set()
+                logits = [await job.logits() for job in jobs]
+                await warm.logits()
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-6)
+    assert engine.batcher.stats.items_merged == 2  # the second front's two pairs rode on the first's
+
+
+async def test_a_front_that_goes_loses_only_its_own_jobs(tiny_model, monkeypatch):
+    async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
+        engine = model.engine
+        async with connected(settings(), model.path, tiny_model) as staying:
+            with held_batches(tiny_model, monkeypatch) as (entered, release):
+                running = staying.enqueue(pairs_about("Fed Holds Rates"))
+                await anyio.to_thread.run_sync(entered.wait, 30)
+                async with connected(settings(), model.path, tiny_model) as leaving:
+                    leaving.enqueue(pairs_about("Tesla Recalls Cars") * 3)
+                    await settled(leaving)
+                    assert engine.queued_pairs == 6
+                kept = staying.enqueue(pairs_about(HEADLINE))
+                await settled(staying)
+                assert engine.queued_pairs == 2, "the leaving front's pairs were dropped"
+                release.set()
+                assert (await kept.logits()).shape == (2, 3)
+                assert (await running.logits()).shape == (2, 3)
+        assert engine.batcher.stats.items == 4 and engine.batcher.stats.items_dropped == 6
+
+
+async def test_a_job_cancelled_in_the_front_is_dropped_from_the_model_queue(tiny_model, monkeypatch):
+    async with started("split", settings(**ROOMY_BATCHES), tiny_model) as (front, engine):
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = front.enqueue(pairs_about("Fed Holds Rates"))
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            gone = front.enqueue(pairs_about(HEADLINE) * 2)
+            await settled(front)
+            assert engine.queued_pairs == 4
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await gone.logits()
+            await settled(front)
+            assert engine.queued_pairs == 0 and engine.inflight_jobs == 1
+            release.set()
+            await running.logits()
+        assert engine.batcher.stats.items == 2 and front.inflight_jobs == 0
+
+
+async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unavailable(tiny_model, monkeypatch):
+    async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
+        async with connected(settings(), model.path, tiny_model) as front:
+            with held_batches(tiny_model, monkeypatch) as (entered, release):
+                running = front.enqueue(pairs_about("Fed Holds Rates"))
+                await anyio.to_thread.run_sync(entered.wait, 30)
+                queued = front.enqueue(pairs_about(HEADLINE))
+                await settled(front)
+                model.host.stop()
+                with anyio.fail_after(30):
+                    await front.wait_closed()
+                release.set()
+            for job in (running, queued):
+                with pytest.raises(Unavailable):
+                    await job.logits()
+            with pytest.raises(Unavailable, match="the model process stopped"):
+                front.enqueue(pairs_about(HEADLINE))
+        assert not model.path.exists()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp_path, stop):
+    path = tmp_path / "model.sock"
+    env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "WARMUP_MAX_LEN": "16", "DEVICE": "cpu"}
+    process = subprocess.Popen([sys.executable, "-m", "worker", "model-process", "--socket", str(path)], env=env)
+    try:
+
+        async def front() -> list:
+            from worker.split.remote_engine import RemoteEngine
+
+            async with RemoteEngine.connect(settings(), path, connect_timeout_s=60) as engine:
+                ok = await execute_job(engine, DEFAULT_SCHEMA, {"operation": "classify", "headline": HEADLINE})
+                assert ok.error is None, ok.error
+                flood = [engine.enqueue(pairs_about(f"{HEADLINE} {i}")) for i in range(200)]
+                await flood[0].logits()
+                process.send_signal(stop)  # mid-burst: no job may hang or end otherwise
+                ends = []
+                with anyio.fail_after(30):
+                    for job in flood:
+                        try:
+                            ends.append((await job.logits()).shape)
+                        except Unavailable as err:
+                            ends.append(str(err))
+                return ends
+
+        ends = anyio.run(front)
+        assert process.wait(30) == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+        assert all(end == (2, 3) or end.startswith("unavailable: ") for end in ends), set(map(str, ends))
+        assert stop == signal.SIGKILL or not path.exists()
+    finally:
+        process.kill()
+        process.wait()

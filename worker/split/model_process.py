@@ -1,0 +1,154 @@
+"""The model process: one engine (the shared queue, admission, batches, the GPU) serving the
+jobs of every front process that connects to its Unix socket.
+
+Each front's jobs arrive as token ids (``Submit``) and are admitted by the same rules as in one
+process (``Admission.admit_tokens``): refused at once (``Failed``), held in the waiting room, or
+queued and ``Accepted``; each then ends as ``Result`` or ``Failed``. A front that disconnects
+gives up all its jobs, whose queued pairs are dropped; other fronts' jobs are untouched. The
+socket is bound only once the model is warm, so a front that can connect can be served; when the
+engine stops or fails, the socket goes and every front sees its connection end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import numpy as np
+import structlog
+from anyio.abc import SocketStream, TaskGroup
+
+from batching import ServiceError
+from worker.admission import QueuedPairs
+from worker.engine import NliEngine
+from worker.engine_host import EngineHost
+from worker.settings import Settings
+from worker.split.frames import FrameError, Sender, receive
+from worker.split.messages import Accepted, Failed, Ping, Pong, Result, SequenceCache, Submit, ToFront, ToModel, failed
+
+log = structlog.get_logger("worker.split.model_process")
+
+
+class ModelServer:
+    """Serves one running engine to front processes: ``await listener.serve(server.serve_front)``."""
+
+    def __init__(self, engine: NliEngine) -> None:
+        self.engine = engine
+        self._sequences = SequenceCache()
+        self.fronts = 0
+        """Fronts connected now."""
+
+    async def serve_front(self, stream: SocketStream) -> None:
+        """One front's connection, until it closes: its jobs end with it."""
+        sender: Sender[ToFront] = Sender(stream)
+        jobs: dict[int, anyio.CancelScope] = {}
+        self.fronts += 1
+        try:
+            async with stream, anyio.create_task_group() as tasks:
+                tasks.start_soon(sender.run, name="nli-front-sender")
+                try:
+                    async for message in receive(stream, ToModel):
+                        if isinstance(message, Submit):
+                            self._submit(message, sender, jobs, tasks)
+                        elif isinstance(message, Ping):
+                            sender.send(Pong(message.key))
+                        elif (scope := jobs.pop(message.job, None)) is not None:
+                            scope.cancel()
+                except FrameError as err:
+                    log.error("front_sent_garbage", error=str(err))
+                finally:  # the front is gone: drop every pair of its jobs still queued
+                    tasks.cancel_scope.cancel()
+        finally:
+            self.fronts -= 1
+
+    def _submit(self, message: Submit, sender: Sender[ToFront], jobs: dict[int, anyio.CancelScope], tasks: TaskGroup) -> None:
+        try:
+            tokens = self._sequences.pairs(message)
+            queued = self.engine.admission.admit_tokens(
+                tokens, timeout_s=message.timeout_s, wait_for_room=message.wait_for_room
+            )
+        except ServiceError as err:
+            sender.send(failed(message.job, err))
+            return
+        except Exception:
+            log.exception("submit_failed", front_job=message.job)
+            sender.send(failed(message.job, ServiceError("the model process could not read the job")))
+            return
+        scope = jobs[message.job] = anyio.CancelScope()
+        tasks.start_soon(self._finish, message.job, queued, scope, sender, jobs)
+
+    async def _finish(
+        self, job: int, queued: QueuedPairs, scope: anyio.CancelScope, sender: Sender[ToFront],
+        jobs: dict[int, anyio.CancelScope],
+    ) -> None:  # fmt: skip
+        """Tell the front when the job is queued, then how it ended; cancelled by ``Cancel``."""
+        with scope:
+            try:
+                await queued.accepted()
+                sender.send(Accepted(job))
+                logits = await queued.logits()
+                sender.send(Result(job, np.ascontiguousarray(logits, dtype=np.float32).tobytes()))
+            except ServiceError as err:
+                sender.send(failed(job, err))
+            except Exception:
+                log.exception("job_crashed", front_job=job)
+                sender.send(Failed(job, "internal", "unexpected error in the model process; see its log"))
+            finally:
+                jobs.pop(job, None)
+
+
+async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event | None = None) -> None:
+    """Run ``host``'s engine and serve it on the Unix socket ``path`` until the engine stops (or
+    this is cancelled); the socket exists only while the engine serves. ``ready`` is set once it
+    listens."""
+    path = Path(path)
+    async with anyio.create_task_group() as tasks:
+
+        async def engine() -> None:
+            await host.serve()
+            tasks.cancel_scope.cancel()  # stopped or failed: the fronts must see the socket go
+
+        tasks.start_soon(engine, name="nli-engine")
+        try:
+            served = await host.wait_ready()
+        except ServiceError as err:
+            log.error("model_process_unavailable", error=str(err))
+            return
+        path.unlink(missing_ok=True)  # a socket left by a process that died
+        server = ModelServer(served)
+        try:
+            async with await anyio.create_unix_listener(path) as listener:
+                log.info("model_process_listening", socket=str(path))
+                if ready is not None:
+                    ready.set()
+                await listener.serve(server.serve_front)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def run(settings: Settings, path: str) -> int:
+    """``python -m worker model-process``: load and warm the model, then serve it on ``path``
+    until SIGTERM or SIGINT. Exits 1 when the model could not be loaded or the engine failed."""
+    host = EngineHost(settings)
+    host.preload()
+    if host.failure is not None:
+        return 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+
+            async def model() -> None:
+                await serve_model(host, path)
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(model)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("model_process_stopping", signal=signal.Signals(signum).name, pid=os.getpid())
+                    host.stop()
+                    break
+
+    anyio.run(main)
+    return 0 if host.failure is None else 1

@@ -1,0 +1,274 @@
+"""The ``Engine`` a front process holds: it tokenizes here and sends the ids to the model process,
+whose one engine admits and batches the pairs of every front.
+
+To the service path (``worker/service.py``) it is an engine like ``NliEngine``: ``enqueue`` checks
+a job's hypotheses and raises ``InvalidInput`` naming a bad pair at once; the jobs of a loop tick
+have their new premises tokenized in one call (off the loop when there is much new text), as
+admission does in one process, and are sent together. The handle ``enqueue`` returns has
+``accepted()`` (the model process queued the pairs, or the error that refused them: ``overloaded``
+arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait sends ``Cancel``, and
+the model process drops the job's queued pairs. When the connection ends (the model process
+stopped or died), every job in flight fails ``unavailable`` and so does every new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import numpy as np
+import structlog
+from anyio.abc import SocketStream
+
+from batching import DeadlineExceeded, Unavailable
+from worker.model import NliModel
+from worker.settings import Settings
+from worker.split.frames import FrameError, Sender, receive
+from worker.split.messages import Accepted, Cancel, Failed, Ping, Pong, Result, ToFront, ToModel, error_of, logits_of, submit
+from worker.tokenizing import Pair, PairTokenizer, premises_of
+
+log = structlog.get_logger("worker.split.remote_engine")
+
+DEADLINE_GRACE_S = 1.0
+"""How long past a job's deadline a front waits for the model process's own ``timed_out``
+before it gives the job up itself (a model process that stopped answering)."""
+
+
+class RemoteJob:
+    """One job sent to the model process: await ``accepted()``, then ``logits()``."""
+
+    __slots__ = (
+        "_engine", "key", "pairs", "hypotheses", "timeout_s", "wait_for_room", "sent",
+        "_deadline", "_accepted", "_done", "_error", "_logits",
+    )  # fmt: skip
+
+    def __init__(
+        self, engine: RemoteEngine, key: int, pairs: Sequence[Pair], hypotheses: list[tuple[int, ...]],
+        timeout_s: float | None, wait_for_room: bool,
+    ) -> None:  # fmt: skip
+        self._engine = engine
+        self.key = key
+        self.pairs = pairs
+        self.hypotheses = hypotheses
+        self.timeout_s = timeout_s
+        self.wait_for_room = wait_for_room
+        self.sent = False
+        """Whether its ``Submit`` has left (after its tick's tokenizing)."""
+        self._deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s + DEADLINE_GRACE_S
+        self._accepted = anyio.Event()
+        self._done = anyio.Event()
+        self._error: Exception | None = None
+        self._logits: np.ndarray | None = None
+
+    async def accepted(self) -> None:
+        """Return once the pairs are in the model process's queue; raise what kept them out."""
+        await self._wait(self._accepted)
+        if self._error is not None:
+            raise self._error
+
+    async def logits(self) -> np.ndarray:
+        """``[pairs, labels]`` float32; raises the job's ``ServiceError``."""
+        await self._wait(self._done)
+        if self._error is not None:
+            raise self._error
+        assert self._logits is not None
+        return self._logits
+
+    async def _wait(self, event: anyio.Event) -> None:
+        try:
+            if self._deadline == math.inf:
+                await event.wait()
+                return
+            with anyio.move_on_after(self._deadline - anyio.current_time()):
+                await event.wait()
+        except BaseException:
+            self._give_up()
+            raise
+        if not event.is_set():
+            self._give_up()
+            self.end(DeadlineExceeded(f"no result within {self.timeout_s:g} s"))
+
+    def _give_up(self) -> None:
+        if not self._done.is_set():
+            self._engine._cancel(self)
+
+    def accept(self) -> None:
+        self._accepted.set()
+
+    def end(self, error: Exception | None, logits: np.ndarray | None = None) -> None:
+        """The job's end: its logits, or its error (a ``ServiceError``; anything else is a bug,
+        answered ``internal``). The first end counts."""
+        if self._done.is_set():
+            return
+        self._error, self._logits = error, logits
+        self._accepted.set()
+        self._done.set()
+
+
+class RemoteEngine:
+    """A front's view of the model process: ``async with RemoteEngine.connect(...) as engine``."""
+
+    def __init__(self, model: NliModel, settings: Settings, stream: SocketStream) -> None:
+        self.model = model
+        """The model's tokenizer and labels, without weights (``NliModel.load_head``)."""
+        self.settings = settings
+        self.tokenizer = PairTokenizer(model, settings.premise_cache_size)
+        self._stream = stream
+        self._sender: Sender[ToModel] = Sender(stream)
+        self._jobs: dict[int, RemoteJob] = {}
+        """Jobs not ended yet: in this tick, or sent and not answered."""
+        self._keys = itertools.count()
+        self._tick: list[RemoteJob | _Barrier] = []
+        self._ticked = anyio.Event()
+        self._barriers: dict[int, _Barrier] = {}
+        self._closed: Unavailable | None = None
+        self._gone = anyio.Event()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, settings: Settings, path: str | Path, *, model: NliModel | None = None, connect_timeout_s: float = 0.0
+    ) -> AsyncIterator[RemoteEngine]:
+        """Connect to the model process on the Unix socket ``path`` (waiting up to
+        ``connect_timeout_s`` for it to listen) and serve jobs until exit. ``model`` defaults to
+        ``NliModel.load_head(settings.model_name)``."""
+        head = model or NliModel.load_head(settings.model_name)
+        stream = await _connect(Path(path), connect_timeout_s)
+        async with stream, anyio.create_task_group() as tasks:
+            engine = cls(head, settings, stream)
+            tasks.start_soon(engine._sender.run, name="nli-model-sender")
+            tasks.start_soon(engine._receive, name="nli-model-receiver")
+            tasks.start_soon(engine._send_ticks, name="nli-front-tokenizer")
+            try:
+                yield engine
+            finally:
+                engine._close(Unavailable("the front process is shutting down"))
+                tasks.cancel_scope.cancel()
+
+    @property
+    def inflight_jobs(self) -> int:
+        """Jobs sent and not answered yet."""
+        return len(self._jobs)
+
+    def enqueue(
+        self, pairs: Sequence[Pair], *, timeout_s: float | None = None, wait_for_room: bool = False
+    ) -> RemoteJob:
+        """Take the job into this tick, whose jobs are tokenized and sent together; raises
+        ``InvalidInput`` naming a pair whose hypothesis cannot fit, or ``Unavailable`` once the
+        model process is gone. ``timeout_s`` can shorten ``JOB_TIMEOUT_S``, not extend it."""
+        if self._closed is not None:
+            raise self._closed
+        hypotheses = self.tokenizer.hypotheses(pairs)
+        deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
+        job = RemoteJob(self, next(self._keys), pairs, hypotheses, min(deadlines, default=None), wait_for_room)
+        self._jobs[job.key] = job
+        self._tick.append(job)
+        self._ticked.set()
+        return job
+
+    async def infer(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """Logits for pairs, in order: ``enqueue`` and wait (tests, benchmarks)."""
+        return await self.enqueue(pairs).logits()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended: the model process stopped or died."""
+        await self._gone.wait()
+
+    async def sync(self) -> None:
+        """Return once the model process has taken every job enqueued before (admitted, held or
+        refused them) and this front has read what it answered so far."""
+        if self._closed is not None:
+            raise self._closed
+        barrier = _Barrier(next(self._keys))
+        self._barriers[barrier.key] = barrier
+        self._tick.append(barrier)
+        self._ticked.set()
+        await barrier.passed.wait()
+
+    def _cancel(self, job: RemoteJob) -> None:
+        if self._jobs.pop(job.key, None) is not None and job.sent:
+            self._sender.send(Cancel(job.key))
+
+    async def _send_ticks(self) -> None:
+        """Forever: tokenize a tick's live jobs together and send them, in arrival order."""
+        while True:
+            await self._ticked.wait()
+            self._ticked = anyio.Event()
+            jobs, self._tick = self._tick, []
+            barriers = [job for job in jobs if isinstance(job, _Barrier)]
+            live = [job for job in jobs if isinstance(job, RemoteJob) and job.key in self._jobs]
+            pairs = [job.pairs for job in live]
+            try:
+                premises = await self.tokenizer.premise_ids_off_loop(premises_of(pairs))
+                tokens = self.tokenizer.pairs(pairs, [job.hypotheses for job in live], premises)
+            except Exception as err:  # the tokenizer failed: every job of the tick ends with it
+                for job in live:
+                    self._jobs.pop(job.key, None)
+                    job.end(err)
+                continue
+            for job, job_tokens in zip(live, tokens):
+                if job.key in self._jobs:  # not cancelled while the tick was tokenizing
+                    job.sent = True
+                    self._sender.send(submit(job.key, job_tokens, timeout_s=job.timeout_s, wait_for_room=job.wait_for_room))
+            for barrier in barriers:  # after the tick's jobs: the model process takes them first
+                self._sender.send(Ping(barrier.key))
+
+    async def _receive(self) -> None:
+        labels = len(self.model.labels)
+        jobs = self._jobs
+        try:
+            async for message in receive(self._stream, ToFront):
+                if isinstance(message, Accepted):
+                    if (job := jobs.get(message.job)) is not None:
+                        job.accept()
+                elif isinstance(message, Pong):
+                    if (barrier := self._barriers.pop(message.key, None)) is not None:
+                        barrier.passed.set()
+                elif (job := jobs.pop(message.job, None)) is not None:
+                    if isinstance(message, Result):
+                        job.end(None, logits_of(message, labels))
+                    else:
+                        assert isinstance(message, Failed)
+                        job.end(error_of(message))
+        except FrameError as err:
+            log.error("model_process_sent_garbage", error=str(err))
+        self._gone.set()
+        self._close(Unavailable("the model process stopped"))
+        log.warning("model_process_gone", failed_jobs=len(jobs))
+
+    def _close(self, error: Unavailable) -> None:
+        """No more jobs: every one in flight ends with ``error``."""
+        if self._closed is None:
+            self._closed = error
+        jobs, self._jobs = self._jobs, {}
+        for job in jobs.values():
+            job.end(error)
+        barriers, self._barriers = self._barriers, {}
+        for barrier in barriers.values():
+            barrier.passed.set()
+
+
+class _Barrier:
+    __slots__ = ("key", "passed")
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        self.passed = anyio.Event()
+
+
+async def _connect(path: Path, timeout_s: float) -> SocketStream:
+    """A connection to ``path``, retried until ``timeout_s`` while the model process starts."""
+    with anyio.move_on_after(timeout_s):
+        while True:
+            try:
+                return await anyio.connect_unix(path)
+            except OSError:
+                await anyio.sleep(0.05)
+    try:
+        return await anyio.connect_unix(path)
+    except OSError as err:
+        raise Unavailable(f"no model process listens on {path}: {err.strerror}") from err
