@@ -80,6 +80,7 @@ class _Job:
     done: anyio.Event = field(default_factory=anyio.Event)
     error: ServiceError | None = None
     finished: bool = False
+    on_done: Callable[[list[Any] | None, ServiceError | None], None] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -171,6 +172,18 @@ class Ticket(Generic[R]):
     def drop(self) -> None:
         """Give the job up without waiting: its queued items are dropped before compute."""
         self._batcher._finish(self._job, None)
+
+    def when_done(self, callback: Callable[[list[R] | None, ServiceError | None], None]) -> None:
+        """Call ``callback(results, error)`` on the event loop once the job ends, instead of
+        awaiting ``result()``: for a caller that follows many jobs without a task for each (a
+        split worker's model process). ``(None, None)``: it was dropped. Nobody waits on the
+        job's deadline then: items past it are left out before compute, and the caller keeps
+        its own clock."""
+        job = self._job
+        if job.finished:
+            callback(job.results if job.error is None and job.remaining == 0 else None, job.error)
+        else:
+            job.on_done = callback
 
     async def result(self) -> list[R]:
         """Wait for every item's result; raises the job's error, or re-raises cancellation
@@ -352,10 +365,14 @@ class Batcher(Generic[P, C, R]):
             self._free_room()
         self._jobs.discard(job)
         job.done.set()
+        if job.on_done is not None:
+            try:
+                job.on_done(job.results if error is None and job.remaining == 0 else None, error)
+            except Exception:
+                log.exception("on_done_hook_failed")
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        self._changed.set()  # the former takes a fresh event before it looks: one a wake, not one a job
 
     def _free_room(self) -> None:
         self._room.set()
@@ -407,6 +424,8 @@ class Batcher(Generic[P, C, R]):
         batch is queued or the oldest item has waited ``max_wait_ms``."""
         while True:
             changed = self._changed
+            if changed.is_set():  # what it announced is looked at below
+                changed = self._changed = anyio.Event()
             if not self._queued_items:
                 await changed.wait()
                 continue

@@ -9,6 +9,7 @@ aggregate, HTTP) runs as shipped; only ``NliModel.run`` is replaced. It returns 
   GIL as a thread waiting on CUDA does.
 
     python -m bench.emulated --forward h100 --port 8000    # the pod, serving on loopback
+    python -m bench.emulated --forward h100 --socket PATH  # a split worker's model process
 """
 
 from __future__ import annotations
@@ -59,17 +60,30 @@ async def _serve(settings: Settings, forward: str, port: int) -> None:
         await anyio.sleep_forever()
 
 
+async def _serve_model(settings: Settings, forward: str, socket: str) -> None:
+    from worker.engine_host import EngineHost
+    from worker.split.model_process import serve_model
+
+    model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
+    await serve_model(EngineHost(settings, model=model), socket)
+
+
 def main() -> None:
     from worker.logs import configure_logging
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--forward", choices=sorted(FORWARDS), default="h100")
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="serve the pod on this loopback port")
+    where.add_argument("--socket", help="serve as a model process on this Unix socket")
     args = parser.parse_args()
     configure_logging("WARNING")
-    settings = Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING")
-    anyio.run(_serve, gpu_policy(settings), args.forward, args.port)
+    settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
+    if args.socket:
+        anyio.run(_serve_model, settings, args.forward, args.socket)
+    else:
+        anyio.run(_serve, settings, args.forward, args.port)
 
 
 def gpu_policy(settings: Settings) -> Settings:

@@ -9,11 +9,14 @@ between it and the targets is the CPU work around it. This runs that work as shi
 slept), under the GPU's batch budget, on any machine:
 - stages: each step of the job path timed alone over the burst's jobs, in one thread (µs a job);
 - in process: the serverless handler's path (bursts, a closed loop, one job at a time);
+- split, in process: the same path with its front (decode, plan, tokenize, aggregate) in this
+  process and the emulated model in a model process (docs/PROCESSES.md);
 - pod over HTTP: ``/runsync`` on the pod served with the emulated model, driven by the aiohttp
   client processes, beside the trivial server (the client's own ceiling on this machine);
 - server CPU µs a job: the serving process's CPU time (every thread) over the sustained loop,
   divided by its jobs; one process can feed a GPU at most 1 / that many jobs a second, however
-  many cores the host has (docs/PROCESSES.md).
+  many cores the host has (docs/PROCESSES.md). In the split row it is the model process's alone:
+  the fronts are the part that scales with cores.
 Writes ``host.json`` and ``host.md`` under ``--out`` and prints the tables.
 """
 
@@ -23,7 +26,9 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,20 +40,23 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.batch_totals import BatchTotals  # noqa: E402
 from bench.common import cpu_model  # noqa: E402
-from bench.drivers import HttpDriver, InprocDriver, Scale, measure  # noqa: E402
+from bench.drivers import HttpDriver, InprocDriver, PhaseResult, Scale, measure  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
 from bench.http_load import ClientPool, HttpEndpoint, client_pool  # noqa: E402
-from bench.servers import free_port, serving_process, trivial_server  # noqa: E402
+from bench.servers import ROOT, free_port, serving_process, trivial_server  # noqa: E402
 from loadtest.burst import classify_jobs  # noqa: E402
-from schemas import build_job_schema  # noqa: E402
+from schemas import JobSchema, build_job_schema  # noqa: E402
 from worker.admission import Admission  # noqa: E402
 from worker.engine import NliEngine  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.metrics import Metrics  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.operations import plan_job  # noqa: E402
+from worker.service import run_job  # noqa: E402
 from worker.settings import Settings  # noqa: E402
+from worker.split.remote_engine import RemoteEngine  # noqa: E402
 
 SCALE = Scale(jobs=339, repeats=5, sustained_s=5.0, concurrency=1024, idle_jobs=50, client_procs=1)
 QUICK_SCALE = Scale(jobs=48, repeats=1, sustained_s=1.0, concurrency=64, idle_jobs=5, client_procs=1)
@@ -96,6 +104,56 @@ async def inproc_row(settings: Settings, model: NliModel, forward: str, scale: S
     return {"way": f"in process, forward {forward}", **result}
 
 
+async def split_row(settings: Settings, model: NliModel, forward: str, scale: Scale, log_dir: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="burst-nli-") as folder:
+        socket = Path(folder) / "model.sock"
+        command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", settings.model_name,
+                   "--socket", str(socket)]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / f"model-process-{forward}.log").open("wb") as log:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                async with RemoteEngine.connect(settings, socket, model=model, connect_timeout_s=600) as front:
+                    driver = ModelProcessDriver(front, build_job_schema(settings.limits), process.pid)
+                    result = await measure(driver, scale, classify_jobs(scale.jobs), _loop_jobs(scale))
+            finally:
+                process.terminate()
+                process.wait(30)
+    return {"way": f"split in process, forward {forward}", **result}
+
+
+class ModelProcessDriver(InprocDriver):
+    """Jobs through a front's service path; the CPU read is the model process's alone."""
+
+    def __init__(self, engine: RemoteEngine, schema: JobSchema, pid: int) -> None:
+        super().__init__(engine, schema, CollectorRegistry())  # type: ignore[arg-type]
+        self.pid = pid
+
+    async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:
+        latencies: list[float] = []
+        failed = 0
+
+        async def one(job_input: dict) -> None:
+            nonlocal failed
+            failed += "error" in await run_job(self.engine, self.schema, job_input)
+            latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tasks:
+            for job_input in job_inputs:
+                tasks.start_soon(one, job_input)
+        return PhaseResult(len(latencies), failed, time.perf_counter() - started, latencies)
+
+    async def totals(self) -> BatchTotals:
+        return BatchTotals(cpu_s=process_cpu_s(self.pid))
+
+
+def process_cpu_s(pid: int) -> float:
+    """A process's CPU time so far, every thread, user and system (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def pod_row(settings: Settings, forward: str, scale: Scale, pool: ClientPool, log_dir: Path) -> dict:
     port = free_port()
     command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", settings.model_name,
@@ -120,7 +178,10 @@ def _loop_jobs(scale: Scale) -> list[dict]:
 
 async def server_rows(settings: Settings, model: NliModel, scale: Scale, forwards: list[str], http: bool,
                       log_dir: Path) -> list[dict]:
-    rows = [await inproc_row(settings, model, forward, scale) for forward in forwards]
+    rows = []
+    for forward in forwards:
+        rows.append(await inproc_row(settings, model, forward, scale))
+        rows.append(await split_row(settings, model, forward, scale, log_dir))
     if http:
         async with client_pool(scale.client_procs) as pool:
             rows.append(await trivial_row(scale, pool, log_dir))

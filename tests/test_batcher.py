@@ -478,3 +478,39 @@ async def test_a_burst_of_small_jobs_keeps_arrival_order():
         await queue_behind_a_running_batch(batcher, runner, jobs)
     assert runner.batches[1:] == [[*job("j0", 2), *job("j1", 2)], [*job("j2", 2), *job("j3", 2)],
                                   [*job("j4", 2), *job("j5", 2)]]  # fmt: skip
+
+
+async def test_a_job_followed_by_a_callback_hears_once_how_it_ended_without_a_task():
+    """The model process of a split worker follows each job this way instead of awaiting it."""
+    runner = FakeRunner(poison="bad.0")
+    heard: dict[str, list] = {"done": [], "failed": [], "dropped": [], "empty": []}
+    both = anyio.Event()
+
+    def hear(name: str):
+        def callback(results, error) -> None:
+            heard[name].append((results, error))
+            if heard["done"] and heard["failed"]:
+                both.set()
+
+        return callback
+
+    async with Batcher(runner, policy(max_batch_items=8)) as batcher:
+        runner.hold()
+        running = batcher.enqueue(["first"], [10])
+        await until(runner.started)
+        batcher.enqueue(job("a", 2), [10] * 2).when_done(hear("done"))
+        batcher.enqueue(["bad.0"], [10]).when_done(hear("failed"))
+        gone = batcher.enqueue(job("c", 1), [10])
+        gone.when_done(hear("dropped"))
+        gone.drop()  # given up before its batch: heard at once
+        assert heard["dropped"] == [(None, None)]
+        batcher.enqueue([], []).when_done(hear("empty"))  # ended already: heard at once
+        assert heard["empty"] == [([], None)]
+        runner.release()
+        await running.result()
+        with anyio.fail_after(HOLD_S):
+            await both.wait()
+    assert heard["done"] == [(["out:a.0", "out:a.1"], None)]
+    [(results, error)] = heard["failed"]
+    assert results is None and isinstance(error, InferenceFailed)
+    assert "c.0" not in runner.ran() and heard["dropped"] == [(None, None)]

@@ -14,7 +14,7 @@ import pytest
 from held_model import held_batches
 from layouts import connected, model_process, settled, started
 
-from batching import Unavailable
+from batching import DeadlineExceeded, Unavailable
 from schemas import DEFAULT_SCHEMA, OPERATIONS
 from worker.service import execute_job
 from worker.settings import Settings
@@ -110,6 +110,21 @@ async def test_a_job_cancelled_in_the_front_is_dropped_from_the_model_queue(tiny
             release.set()
             await running.logits()
         assert engine.batcher.stats.items == 2 and front.inflight_jobs == 0
+
+
+async def test_a_queued_job_past_its_deadline_times_out_and_leaves_the_model_queue(tiny_model, monkeypatch):
+    async with started("split", settings(**ROOMY_BATCHES), tiny_model) as (front, engine):
+        with held_batches(tiny_model, monkeypatch) as (entered, release):
+            running = front.enqueue(pairs_about("Fed Holds Rates"))
+            await anyio.to_thread.run_sync(entered.wait, 30)
+            late = front.enqueue(pairs_about(HEADLINE), timeout_s=0.05)
+            with pytest.raises(DeadlineExceeded, match=r"^timed_out: no result within 0.05 s"):
+                await late.logits()
+            await settled(front)
+            assert engine.queued_pairs == 0 and engine.inflight_jobs == 1
+            release.set()
+            await running.logits()
+        assert engine.batcher.stats.items == 2
 
 
 async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unavailable(tiny_model, monkeypatch):

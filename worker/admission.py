@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -94,6 +94,25 @@ class QueuedPairs:
         except BaseException:
             self._abandon()
             raise
+        return self._stacked(rows)
+
+    @property
+    def in_queue(self) -> bool:
+        """Whether the pairs are in the batcher's queue already (not tokenizing, not waiting for
+        room, not refused): ``when_done`` can follow them."""
+        return self._job.ticket is not None
+
+    def when_done(self, callback: Callable[[np.ndarray | None, ServiceError | None], None]) -> None:
+        """For pairs ``in_queue``: call ``callback(logits, error)`` once they end, instead of
+        awaiting ``logits()`` (``Ticket.when_done``); ``(None, None)`` once ``drop``ped."""
+        assert self._job.ticket is not None
+        self._job.ticket.when_done(lambda rows, error: callback(None if rows is None else self._stacked(rows), error))
+
+    def drop(self) -> None:
+        """Give the job up wherever it is, without waiting."""
+        self._abandon()
+
+    def _stacked(self, rows: list[np.ndarray]) -> np.ndarray:
         # np.array stacks a job's rows (views of its batches' logits) faster than np.stack.
         return np.array(rows) if rows else np.zeros((0, self._labels), dtype=np.float32)
 
@@ -195,7 +214,8 @@ class Admission:
         else:
             self.batcher.check_admission(len(tokens), token_count, reserved_items=self.admitted_pairs)
         deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
-        job = _Admitted(tokens, [], timeout_s, deadline, wait_for_room, anyio.Event(), list(tokens), costs, token_count)
+        # ``settled`` is awaited only by a job held for room, which gets its own event there.
+        job = _Admitted(tokens, [], timeout_s, deadline, wait_for_room, self._settled, list(tokens), costs, token_count)
         if wait_for_room and (self._waiting or not self.batcher.has_room(len(tokens), token_count)):
             self._hold(job)
         else:

@@ -1,15 +1,16 @@
 """What a front process and the model process say to each other: msgspec structs in msgpack.
 
-A job's pairs travel as token ids, not text: every distinct id sequence of the job once, in one
-flat ``int32`` buffer, and each pair as three ``int32`` (its premise's sequence, its hypothesis's,
+A job's pairs travel as token ids, not text: every distinct id sequence of the job once, each as
+one ``int32`` buffer, and each pair as three integers (its premise's sequence, its hypothesis's,
 its assembled length). Its logits come back as one ``float32`` buffer of pairs x labels. Neither
-side builds a Python object per token to send them.
+side builds a Python object per token to send them, and the model process builds a sequence's
+tuple once for every job that sends it (``SequenceCache``).
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
-from itertools import chain
 
 import msgspec
 import numpy as np
@@ -23,12 +24,10 @@ class Submit(msgspec.Struct, tag=True, array_like=True):
 
     job: int
     """The front's number for the job, unique on its connection."""
-    ids: bytes
-    """The job's distinct id sequences, concatenated (``int32``)."""
-    lengths: bytes
-    """Each sequence's length (``int32``)."""
-    pairs: bytes
-    """Per pair: premise sequence, hypothesis sequence, assembled length (``int32`` x 3)."""
+    sequences: list[bytes]
+    """The job's distinct id sequences, each ``int32``."""
+    pairs: list[int]
+    """Per pair, flat: premise sequence, hypothesis sequence, assembled length."""
     timeout_s: float | None
     wait_for_room: bool
 
@@ -81,21 +80,12 @@ _ERRORS: dict[str, type[ServiceError]] = {
 def submit(job: int, tokens: Sequence[PairTokens], *, timeout_s: float | None, wait_for_room: bool) -> Submit:
     """The ``Submit`` of a job's tokenized pairs; a sequence shared by pairs is sent once."""
     index: dict[tuple[int, ...], int] = {}
-    triples = []
+    triples: list[int] = []
     for pair in tokens:
         premise = index.setdefault(pair.premise_ids, len(index))
         hypothesis = index.setdefault(pair.hypothesis_ids, len(index))
         triples += (premise, hypothesis, pair.length)
-    sequences = list(index)
-    ids = np.fromiter(chain.from_iterable(sequences), np.int32, sum(map(len, sequences)))
-    return Submit(
-        job,
-        ids.tobytes(),
-        np.fromiter(map(len, sequences), np.int32, len(sequences)).tobytes(),
-        np.array(triples, np.int32).tobytes(),
-        timeout_s,
-        wait_for_room,
-    )
+    return Submit(job, [array("i", ids).tobytes() for ids in index], triples, timeout_s, wait_for_room)
 
 
 class SequenceCache:
@@ -109,23 +99,18 @@ class SequenceCache:
 
     def pairs(self, message: Submit) -> list[PairTokens]:
         """The ``PairTokens`` a ``Submit`` carries."""
-        ids = message.ids
         tuples = self._tuples
         if len(tuples) > self.size:
             tuples.clear()
-        sequences = []
-        start = 0
-        for length in np.frombuffer(message.lengths, np.int32).tolist():
-            key = ids[start : start + 4 * length]
-            start += 4 * length
-            sequence = tuples.get(key)
-            if sequence is None:
-                sequence = tuples[key] = tuple(np.frombuffer(key, np.int32).tolist())
-            sequences.append(sequence)
-        if start != len(ids):
-            raise ValueError(f"{len(ids)} bytes of ids, but the lengths add up to {start}")
-        flat = np.frombuffer(message.pairs, np.int32).tolist()
+        sequences = [tuples.get(key) or self._add(key) for key in message.sequences]
+        flat = message.pairs
         return [PairTokens(sequences[p], sequences[h], n) for p, h, n in zip(flat[::3], flat[1::3], flat[2::3])]
+
+    def _add(self, key: bytes) -> tuple[int, ...]:
+        ids = array("i")
+        ids.frombytes(key)
+        sequence = self._tuples[key] = tuple(ids)
+        return sequence
 
 
 def failed(job: int, err: ServiceError) -> Failed:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -43,7 +45,8 @@ class ModelServer:
     async def serve_front(self, stream: SocketStream) -> None:
         """One front's connection, until it closes: its jobs end with it."""
         sender: Sender[ToFront] = Sender(stream)
-        jobs: dict[int, anyio.CancelScope] = {}
+        jobs: dict[int, Callable[[], None]] = {}
+        """Each open job's way to give it up."""
         self.fronts += 1
         try:
             async with stream, anyio.create_task_group() as tasks:
@@ -54,49 +57,71 @@ class ModelServer:
                             self._submit(message, sender, jobs, tasks)
                         elif isinstance(message, Ping):
                             sender.send(Pong(message.key))
-                        elif (scope := jobs.pop(message.job, None)) is not None:
-                            scope.cancel()
+                        elif (give_up := jobs.pop(message.job, None)) is not None:
+                            give_up()
                 except FrameError as err:
                     log.error("front_sent_garbage", error=str(err))
                 finally:  # the front is gone: drop every pair of its jobs still queued
+                    for give_up in list(jobs.values()):
+                        give_up()
                     tasks.cancel_scope.cancel()
         finally:
             self.fronts -= 1
 
-    def _submit(self, message: Submit, sender: Sender[ToFront], jobs: dict[int, anyio.CancelScope], tasks: TaskGroup) -> None:
+    def _submit(
+        self, message: Submit, sender: Sender[ToFront], jobs: dict[int, Callable[[], None]], tasks: TaskGroup
+    ) -> None:
+        job = message.job
         try:
             tokens = self._sequences.pairs(message)
             queued = self.engine.admission.admit_tokens(
                 tokens, timeout_s=message.timeout_s, wait_for_room=message.wait_for_room
             )
         except ServiceError as err:
-            sender.send(failed(message.job, err))
+            sender.send(failed(job, err))
             return
         except Exception:
-            log.exception("submit_failed", front_job=message.job)
-            sender.send(failed(message.job, ServiceError("the model process could not read the job")))
+            log.exception("submit_failed", front_job=job)
+            sender.send(failed(job, ServiceError("the model process could not read the job")))
             return
-        scope = jobs[message.job] = anyio.CancelScope()
-        tasks.start_soon(self._finish, message.job, queued, scope, sender, jobs)
+        if queued.in_queue:  # the usual case: followed without a task of its own
+            sender.send(Accepted(job))
+            jobs[job] = queued.drop
+            queued.when_done(partial(self._answer, job, sender, jobs))
+        else:  # waiting for room: the waiting room's clock and order need a task
+            scope = anyio.CancelScope()
+            jobs[job] = scope.cancel
+            tasks.start_soon(self._wait_for_room, job, queued, scope, sender, jobs)
 
-    async def _finish(
-        self, job: int, queued: QueuedPairs, scope: anyio.CancelScope, sender: Sender[ToFront],
-        jobs: dict[int, anyio.CancelScope],
+    def _answer(
+        self, job: int, sender: Sender[ToFront], jobs: dict[int, Callable[[], None]],
+        logits: np.ndarray | None, error: ServiceError | None,
     ) -> None:  # fmt: skip
-        """Tell the front when the job is queued, then how it ended; cancelled by ``Cancel``."""
+        """Send how a job ended: its logits, or its error; nothing for a job its front gave up."""
+        jobs.pop(job, None)
+        if error is not None:
+            sender.send(failed(job, error))
+        elif logits is not None:
+            sender.send(Result(job, np.ascontiguousarray(logits, dtype=np.float32).tobytes()))
+
+    async def _wait_for_room(
+        self, job: int, queued: QueuedPairs, scope: anyio.CancelScope, sender: Sender[ToFront],
+        jobs: dict[int, Callable[[], None]],
+    ) -> None:  # fmt: skip
+        """A job held in the waiting room: tell the front once it is queued, then how it ended."""
         with scope:
             try:
                 await queued.accepted()
                 sender.send(Accepted(job))
                 logits = await queued.logits()
-                sender.send(Result(job, np.ascontiguousarray(logits, dtype=np.float32).tobytes()))
             except ServiceError as err:
-                sender.send(failed(job, err))
+                self._answer(job, sender, jobs, None, err)
             except Exception:
                 log.exception("job_crashed", front_job=job)
-                sender.send(Failed(job, "internal", "unexpected error in the model process; see its log"))
-            finally:
                 jobs.pop(job, None)
+                sender.send(Failed(job, "internal", "unexpected error in the model process; see its log"))
+            else:
+                self._answer(job, sender, jobs, logits, None)
 
 
 async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event | None = None) -> None:

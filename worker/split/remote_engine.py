@@ -6,8 +6,9 @@ a job's hypotheses and raises ``InvalidInput`` naming a bad pair at once; the jo
 have their new premises tokenized in one call (off the loop when there is much new text), as
 admission does in one process, and are sent together. The handle ``enqueue`` returns has
 ``accepted()`` (the model process queued the pairs, or the error that refused them: ``overloaded``
-arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait sends ``Cancel``, and
-the model process drops the job's queued pairs. When the connection ends (the model process
+arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait, or the job's deadline passing (the front keeps its clock,
+as ``Ticket.result`` does in one process), sends ``Cancel``, and the model process drops the
+job's queued pairs. When the connection ends (the model process
 stopped or died), every job in flight fails ``unavailable`` and so does every new one.
 """
 
@@ -33,11 +34,6 @@ from worker.tokenizing import Pair, PairTokenizer, premises_of
 
 log = structlog.get_logger("worker.split.remote_engine")
 
-DEADLINE_GRACE_S = 1.0
-"""How long past a job's deadline a front waits for the model process's own ``timed_out``
-before it gives the job up itself (a model process that stopped answering)."""
-
-
 class RemoteJob:
     """One job sent to the model process: await ``accepted()``, then ``logits()``."""
 
@@ -58,7 +54,7 @@ class RemoteJob:
         self.wait_for_room = wait_for_room
         self.sent = False
         """Whether its ``Submit`` has left (after its tick's tokenizing)."""
-        self._deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s + DEADLINE_GRACE_S
+        self._deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
         self._accepted = anyio.Event()
         self._done = anyio.Event()
         self._error: Exception | None = None
@@ -88,9 +84,10 @@ class RemoteJob:
         except BaseException:
             self._give_up()
             raise
-        if not event.is_set():
+        if not event.is_set():  # past the deadline: the front keeps the job's clock
             self._give_up()
-            self.end(DeadlineExceeded(f"no result within {self.timeout_s:g} s"))
+            waited_for = "result" if self._accepted.is_set() else "room in the queue"
+            self.end(DeadlineExceeded(f"no {waited_for} within {self.timeout_s:g} s"))
 
     def _give_up(self) -> None:
         if not self._done.is_set():
