@@ -127,6 +127,27 @@ async def test_a_queued_job_past_its_deadline_times_out_and_leaves_the_model_que
         assert engine.batcher.stats.items == 2
 
 
+async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model):
+    import msgspec
+
+    from worker.split.messages import Failed, Submit
+
+    async with model_process(settings(), tiny_model) as model:
+        async with connected(settings(), model.path, tiny_model) as front:
+            async with await anyio.connect_unix(model.path) as garbage:
+                await garbage.send(b"\x05\x00\x00\x00hello")  # a frame, but not msgpack of ours
+                with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await garbage.receive()  # the model process hung up on it
+            async with await anyio.connect_unix(model.path) as careless:
+                bad = msgspec.msgpack.encode(Submit(7, [b"\x01\x00\x00\x00"], [0, 5, 3], None, False))
+                await careless.send(len(bad).to_bytes(4, "little") + bad)  # a pair naming no sequence
+                with anyio.fail_after(10):
+                    reply = await careless.receive()
+                answer = msgspec.msgpack.decode(reply[4:], type=Failed)
+                assert (answer.job, answer.code) == (7, "internal")
+            assert (await front.enqueue(pairs_about(HEADLINE)).logits()).shape == (2, 3)
+
+
 async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unavailable(tiny_model, monkeypatch):
     async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
         async with connected(settings(), model.path, tiny_model) as front:
