@@ -45,7 +45,7 @@ class PerJobAdmission(Admission):
         self, pairs: Sequence[tuple[str, str]], *, timeout_s: float | None = None, wait_for_room: bool = False
     ) -> QueuedPairs:
         self.batcher.check_admission(len(pairs))
-        tokens = self.tokenize(pairs)
+        tokens = self.tokenizer.tokenize(pairs)
         job = _Admitted(pairs, [], timeout_s, math.inf, False, anyio.Event())  # the way before: an event a job
         job.ticket = self.batcher.enqueue(tokens, [t.length for t in tokens], timeout_s=timeout_s)
         job.settled.set()
