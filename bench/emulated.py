@@ -60,14 +60,6 @@ async def _serve(settings: Settings, forward: str, port: int) -> None:
         await anyio.sleep_forever()
 
 
-async def _serve_model(settings: Settings, forward: str, socket: str) -> None:
-    from worker.engine_host import EngineHost
-    from worker.split.model_process import serve_model
-
-    model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
-    await serve_model(EngineHost(settings, model=model), socket)
-
-
 def main() -> None:
     from worker.logs import configure_logging
 
@@ -81,7 +73,10 @@ def main() -> None:
     configure_logging("WARNING")
     settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
     if args.socket:
-        anyio.run(_serve_model, settings, args.forward, args.socket)
+        from worker.split.model_process import run
+
+        raise SystemExit(run(settings, args.socket, model=emulated(NliModel.load(settings.model_name, device="cpu"),
+                                                                     args.forward)))
     else:
         anyio.run(_serve, settings, args.forward, args.port)
 

@@ -15,8 +15,8 @@ slept), under the GPU's batch budget, on any machine:
   client processes, beside the trivial server (the client's own ceiling on this machine);
 - server CPU µs a job: the serving process's CPU time (every thread) over the sustained loop,
   divided by its jobs; one process can feed a GPU at most 1 / that many jobs a second, however
-  many cores the host has (docs/PROCESSES.md). In the split row it is the model process's alone:
-  the fronts are the part that scales with cores.
+  many cores the host has (docs/PROCESSES.md). In the split rows it and the batch columns are
+  the model process's (its ``METRICS_PORT``): the fronts are the part that scales with cores.
 Writes ``host.json`` and ``host.md`` under ``--out`` and prints the tables.
 """
 
@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import aiohttp
 import anyio
 import msgspec
 import numpy as np
@@ -40,7 +41,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.batch_totals import BatchTotals  # noqa: E402
+from bench.batch_totals import BatchTotals, text_totals  # noqa: E402
 from bench.common import cpu_model  # noqa: E402
 from bench.drivers import HttpDriver, InprocDriver, PhaseResult, Scale, measure  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
@@ -110,11 +111,14 @@ async def split_row(settings: Settings, model: NliModel, forward: str, scale: Sc
         command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", settings.model_name,
                    "--socket", str(socket)]
         log_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
         with (log_dir / f"model-process-{forward}.log").open("wb") as log:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "METRICS_PORT": str(port)})
             try:
                 async with RemoteEngine.connect(settings, socket, model=model, connect_timeout_s=600) as front:
-                    driver = ModelProcessDriver(front, build_job_schema(settings.limits), process.pid)
+                    metrics_url = f"http://127.0.0.1:{port}/metrics"
+                    driver = ModelProcessDriver(front, build_job_schema(settings.limits), metrics_url)
                     result = await measure(driver, scale, classify_jobs(scale.jobs), _loop_jobs(scale))
             finally:
                 process.terminate()
@@ -123,11 +127,11 @@ async def split_row(settings: Settings, model: NliModel, forward: str, scale: Sc
 
 
 class ModelProcessDriver(InprocDriver):
-    """Jobs through a front's service path; the CPU read is the model process's alone."""
+    """Jobs through a front's service path; batch totals and CPU from the model process's metrics."""
 
-    def __init__(self, engine: RemoteEngine, schema: JobSchema, pid: int) -> None:
+    def __init__(self, engine: RemoteEngine, schema: JobSchema, metrics_url: str) -> None:
         super().__init__(engine, schema, CollectorRegistry())  # type: ignore[arg-type]
-        self.pid = pid
+        self.metrics_url = metrics_url
 
     async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:
         latencies: list[float] = []
@@ -145,13 +149,8 @@ class ModelProcessDriver(InprocDriver):
         return PhaseResult(len(latencies), failed, time.perf_counter() - started, latencies)
 
     async def totals(self) -> BatchTotals:
-        return BatchTotals(cpu_s=process_cpu_s(self.pid))
-
-
-def process_cpu_s(pid: int) -> float:
-    """A process's CPU time so far, every thread, user and system (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        async with aiohttp.ClientSession() as session, session.get(self.metrics_url) as response:
+            return text_totals(await response.text())
 
 
 async def pod_row(settings: Settings, forward: str, scale: Scale, pool: ClientPool, log_dir: Path) -> dict:

@@ -171,7 +171,11 @@ async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unav
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp_path, stop):
     path = tmp_path / "model.sock"
-    env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "WARMUP_MAX_LEN": "16", "DEVICE": "cpu"}
+    from bench.servers import free_port
+
+    port = free_port()
+    env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "WARMUP_MAX_LEN": "16", "DEVICE": "cpu",
+           "METRICS_PORT": str(port)}
     process = subprocess.Popen([sys.executable, "-m", "worker", "model-process", "--socket", str(path)], env=env)
     try:
 
@@ -181,6 +185,9 @@ def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp
             async with RemoteEngine.connect(settings(), path, connect_timeout_s=60) as engine:
                 ok = await execute_job(engine, DEFAULT_SCHEMA, {"operation": "classify", "headline": HEADLINE})
                 assert ok.error is None, ok.error
+                scraped = await anyio.to_thread.run_sync(_scrape, f"http://127.0.0.1:{port}/metrics")
+                assert "nli_model_ready 1.0" in scraped  # the model process's own metrics, for Prometheus
+                assert "nli_batch_pairs_count 1.0" in scraped  # warm-up is not counted: the job's one batch
                 flood = [engine.enqueue(pairs_about(f"{HEADLINE} {i}")) for i in range(200)]
                 await flood[0].logits()
                 process.send_signal(stop)  # mid-burst: no job may hang or end otherwise
@@ -200,3 +207,10 @@ def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp
     finally:
         process.kill()
         process.wait()
+
+
+def _scrape(url: str) -> str:
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=10) as response:
+        return response.read().decode()

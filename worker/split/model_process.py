@@ -21,11 +21,14 @@ import anyio
 import numpy as np
 import structlog
 from anyio.abc import SocketStream, TaskGroup
+from prometheus_client import CollectorRegistry, start_http_server
 
 from batching import ServiceError
 from worker.admission import QueuedPairs
 from worker.engine import NliEngine
 from worker.engine_host import EngineHost
+from worker.metrics import Metrics
+from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
 from worker.split.messages import Accepted, Failed, Ping, Pong, Result, SequenceCache, Submit, ToFront, ToModel, failed
@@ -153,10 +156,16 @@ async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event 
             path.unlink(missing_ok=True)
 
 
-def run(settings: Settings, path: str) -> int:
-    """``python -m worker model-process``: load and warm the model, then serve it on ``path``
-    until SIGTERM or SIGINT. Exits 1 when the model could not be loaded or the engine failed."""
-    host = EngineHost(settings)
+def run(settings: Settings, path: str, *, model: NliModel | None = None) -> int:
+    """``python -m worker model-process``: load and warm the model (or take ``model``), then
+    serve it on ``path`` until SIGTERM or SIGINT; with ``METRICS_PORT``, its batch, queue and
+    process metrics are served there for Prometheus. Exits 1 when the model could not be loaded
+    or the engine failed."""
+    metrics = Metrics(CollectorRegistry())
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+        log.info("metrics_serving", port=settings.metrics_port)
+    host = EngineHost(settings, model=model, metrics=metrics)
     host.preload()
     if host.failure is not None:
         return 1
@@ -164,11 +173,11 @@ def run(settings: Settings, path: str) -> int:
     async def main() -> None:
         async with anyio.create_task_group() as tasks:
 
-            async def model() -> None:
+            async def serve() -> None:
                 await serve_model(host, path)
                 tasks.cancel_scope.cancel()
 
-            tasks.start_soon(model)
+            tasks.start_soon(serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("model_process_stopping", signal=signal.Signals(signum).name, pid=os.getpid())
