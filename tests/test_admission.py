@@ -12,11 +12,10 @@ from layouts import LAYOUTS, settled, started
 
 from batching import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
 from schemas import DEFAULT_SCHEMA
-from worker.service import Queued
-from worker.tokenizing import PremiseCache
 from worker.engine import NliEngine
-from worker.service import execute_job
+from worker.service import Queued, execute_job
 from worker.settings import Settings
+from worker.tokenizing import PremiseCache
 
 HYPOTHESES = ("This is an opinion piece or editorial.", "This text is about Apple.")
 HEADLINES = ("Apple Declares $0.25 Dividend", "Fed Holds Rates Steady", "Tesla Recalls 2,000 Cars")
@@ -99,7 +98,9 @@ async def test_a_job_that_must_wait_for_room_waits_in_arrival_order_and_complete
         assert engine.admission.waiting_jobs == 0 and engine.queued_pairs == 0
 
 
-async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_the_next_in(tiny_model, monkeypatch, layout):
+async def test_a_job_past_its_deadline_in_the_waiting_room_times_out_and_lets_the_next_in(
+    tiny_model, monkeypatch, layout
+):
     async with started(layout, settings(max_queue_pairs=8, **ROOMY_BATCHES), tiny_model) as (front, engine):
         with held_batches(tiny_model, monkeypatch) as (entered, release):
             running, fills = await six_of_eight_queued(front, entered)
@@ -219,7 +220,9 @@ async def test_a_job_cancelled_while_admitted_never_reaches_the_model(tiny_model
         assert engine.inflight_jobs == 0 and engine.queued_pairs == 0 and front.inflight_jobs == 0
 
 
-async def test_a_tokenizer_failure_ends_that_ticks_jobs_as_internal_and_the_next_tick_serves(tiny_model, monkeypatch, layout):
+async def test_a_tokenizer_failure_ends_that_ticks_jobs_as_internal_and_the_next_tick_serves(
+    tiny_model, monkeypatch, layout
+):
     encode_texts = tiny_model.encode_texts
     failures = iter([RuntimeError("tokenizer crashed")])
 

@@ -7,11 +7,11 @@ import gc
 import anyio
 import numpy as np
 import pytest
+from layouts import LAYOUTS, started
 
 from batching import InvalidInput
 from worker.engine import YOUNG_COLLECTION_THRESHOLD, NliEngine
 from worker.settings import Settings
-from layouts import LAYOUTS, started
 
 HYPOTHESES = ["This is an opinion piece or editorial.", "This is a factual news report.",
               "This text is about Apple."]

@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from layouts import LAYOUTS, started
 
 from batching import Overloaded
 from schemas import DEFAULT_SCHEMA, OPERATIONS
@@ -27,7 +28,6 @@ from worker.model import NliModel
 from worker.synthetic import build_synthetic
 from worker.operations import extract_catalyst_values, plan_job
 from worker.service import run_job
-from layouts import LAYOUTS, started
 from worker.settings import Settings, SettingsError
 
 HEADLINES = Path(__file__).parent / "data" / "example_headlines.txt"

@@ -60,16 +60,17 @@ async def test_bad_input_is_refused_with_the_same_words_in_the_front(tiny_model)
 async def test_the_same_headline_from_two_fronts_merges_in_one_batch(tiny_model, monkeypatch):
     async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
         engine = model.engine
-        async with connected(settings(), model.path, tiny_model) as first, connected(settings(), model.path, tiny_model) as second:
+        first_front, second_front = (connected(settings(), model.path, tiny_model) for _ in range(2))
+        async with first_front as first, second_front as second:
             with held_batches(tiny_model, monkeypatch) as (entered, release):
-                warm = first.enqueue([("something else", "x")])
+                holding = first.enqueue([("something else", "x")])  # the model holds it; the rest queue
                 await anyio.to_thread.run_sync(entered.wait, 30)
                 jobs = [front.enqueue(pairs_about(HEADLINE)) for front in (first, second)]
                 await settled(first)
                 await settled(second)
                 release.set()
                 logits = [await job.logits() for job in jobs]
-                await warm.logits()
+                await holding.logits()
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-6)
     assert engine.batcher.stats.items_merged == 2  # the second front's two pairs rode on the first's
 
@@ -133,6 +134,7 @@ async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model)
     from worker.split.messages import Failed, Submit
 
     async with model_process(settings(), tiny_model) as model:
+        assert model.path.stat().st_mode & 0o777 == 0o600  # its user's fronts alone may connect
         async with connected(settings(), model.path, tiny_model) as front:
             async with await anyio.connect_unix(model.path) as garbage:
                 await garbage.send(b"\x05\x00\x00\x00hello")  # a frame, but not msgpack of ours

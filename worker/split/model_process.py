@@ -147,7 +147,8 @@ async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event 
         path.unlink(missing_ok=True)  # a socket left by a process that died
         server = ModelServer(served)
         try:
-            async with await anyio.create_unix_listener(path) as listener:
+            # Only this user may connect: a front can submit jobs without the pod's API key.
+            async with await anyio.create_unix_listener(path, mode=0o600) as listener:
                 log.info("model_process_listening", socket=str(path))
                 if ready is not None:
                     ready.set()

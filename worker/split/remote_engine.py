@@ -6,10 +6,11 @@ a job's hypotheses and raises ``InvalidInput`` naming a bad pair at once; the jo
 have their new premises tokenized in one call (off the loop when there is much new text), as
 admission does in one process, and are sent together. The handle ``enqueue`` returns has
 ``accepted()`` (the model process queued the pairs, or the error that refused them: ``overloaded``
-arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait, or the job's deadline passing (the front keeps its clock,
-as ``Ticket.result`` does in one process), sends ``Cancel``, and the model process drops the
-job's queued pairs. When the connection ends (the model process
-stopped or died), every job in flight fails ``unavailable`` and so does every new one.
+arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait, or the job's
+deadline passing (the front keeps its clock, as ``Ticket.result`` does in one process), sends
+``Cancel``, and the model process drops the job's queued pairs. When the connection ends (the
+model process stopped or died), every job in flight fails ``unavailable``, and so does every new
+one.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from batching import DeadlineExceeded, Unavailable
 from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
-from worker.split.messages import Accepted, Cancel, Failed, Ping, Pong, Result, ToFront, ToModel, error_of, logits_of, submit
+from worker.split.messages import (
+    Accepted, Cancel, Failed, Ping, Pong, Result, ToFront, ToModel, error_of, logits_of, submit,
+)  # fmt: skip
 from worker.tokenizing import Pair, PairTokenizer, premises_of
 
 log = structlog.get_logger("worker.split.remote_engine")
+
 
 class RemoteJob:
     """One job sent to the model process: await ``accepted()``, then ``logits()``."""
@@ -148,7 +152,7 @@ class RemoteEngine:
 
     @property
     def inflight_jobs(self) -> int:
-        """Jobs sent and not answered yet."""
+        """Jobs enqueued and not ended yet."""
         return len(self._jobs)
 
     def enqueue(
@@ -210,7 +214,8 @@ class RemoteEngine:
             for job, job_tokens in zip(live, tokens):
                 if job.key in self._jobs:  # not cancelled while the tick was tokenizing
                     job.sent = True
-                    self._sender.send(submit(job.key, job_tokens, timeout_s=job.timeout_s, wait_for_room=job.wait_for_room))
+                    message = submit(job.key, job_tokens, timeout_s=job.timeout_s, wait_for_room=job.wait_for_room)
+                    self._sender.send(message)
             for barrier in barriers:  # after the tick's jobs: the model process takes them first
                 self._sender.send(Ping(barrier.key))
 
@@ -233,9 +238,10 @@ class RemoteEngine:
                         job.end(error_of(message))
         except FrameError as err:
             log.error("model_process_sent_garbage", error=str(err))
+        failing = len(self._jobs)
         self._gone.set()
         self._close(Unavailable("the model process stopped"))
-        log.warning("model_process_gone", failed_jobs=len(jobs))
+        log.warning("model_process_gone", failed_jobs=failing)
 
     def _close(self, error: Unavailable) -> None:
         """No more jobs: every one in flight ends with ``error``."""
