@@ -44,13 +44,14 @@ class Served:
 
 
 @asynccontextmanager
-async def model_process(settings: Settings, model: NliModel) -> AsyncIterator[Served]:
-    """A model process's server in this event loop, until the block ends or ``host.stop()``."""
+async def model_process(settings: Settings, model: NliModel, path: Path | None = None) -> AsyncIterator[Served]:
+    """A model process's server in this event loop (on ``path``, else a new socket), until the
+    block ends or ``host.stop()``."""
     from worker.split.model_process import serve_model
 
     host = EngineHost(settings, model=model)
     with tempfile.TemporaryDirectory(prefix="burst-nli-") as folder:
-        path = Path(folder) / "model.sock"
+        path = path or Path(folder) / "model.sock"
         async with anyio.create_task_group() as tasks:
             ready = anyio.Event()
             tasks.start_soon(partial(serve_model, host, path, ready=ready))

@@ -150,7 +150,7 @@ async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model)
             assert (await front.enqueue(pairs_about(HEADLINE)).logits()).shape == (2, 3)
 
 
-async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unavailable(tiny_model, monkeypatch):
+async def test_when_the_model_process_stops_jobs_fail_unavailable_until_it_is_back(tiny_model, monkeypatch):
     async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
         async with connected(settings(), model.path, tiny_model) as front:
             with held_batches(tiny_model, monkeypatch) as (entered, release):
@@ -160,14 +160,19 @@ async def test_when_the_model_process_stops_jobs_in_flight_and_new_ones_are_unav
                 await settled(front)
                 model.host.stop()
                 with anyio.fail_after(30):
-                    await front.wait_closed()
+                    await front.wait_disconnected()
                 release.set()
             for job in (running, queued):
                 with pytest.raises(Unavailable):
                     await job.logits()
             with pytest.raises(Unavailable, match="the model process stopped"):
                 front.enqueue(pairs_about(HEADLINE))
-        assert not model.path.exists()
+            assert not model.path.exists()
+            async with model_process(settings(), tiny_model, model.path) as restarted:  # on the same socket
+                with anyio.fail_after(30):
+                    await front.wait_connected()  # the front connects again by itself
+                assert (await front.enqueue(pairs_about(HEADLINE)).logits()).shape == (2, 3)
+                assert restarted.engine.batcher.stats.items == 2
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

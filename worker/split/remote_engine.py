@@ -10,7 +10,8 @@ arrives here, not from ``enqueue``) and ``logits()``. Cancelling either wait, or
 deadline passing (the front keeps its clock, as ``Ticket.result`` does in one process), sends
 ``Cancel``, and the model process drops the job's queued pairs. When the connection ends (the
 model process stopped or died), every job in flight fails ``unavailable``, and so does every new
-one.
+one until the front has connected again: it tries every ``RECONNECT_S``, so a model process
+restarted on the same socket serves it again without the front restarting.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from worker.split.messages import (
 from worker.tokenizing import Pair, PairTokenizer, premises_of
 
 log = structlog.get_logger("worker.split.remote_engine")
+
+RECONNECT_S = 0.25
+"""How often a front that lost its model process tries its socket again."""
 
 
 class RemoteJob:
@@ -113,21 +117,24 @@ class RemoteJob:
 class RemoteEngine:
     """A front's view of the model process: ``async with RemoteEngine.connect(...) as engine``."""
 
-    def __init__(self, model: NliModel, settings: Settings, stream: SocketStream) -> None:
+    def __init__(self, model: NliModel, settings: Settings, path: Path) -> None:
         self.model = model
         """The model's tokenizer and labels, without weights (``NliModel.load_head``)."""
         self.settings = settings
+        self.path = path
+        """The model process's socket."""
         self.tokenizer = PairTokenizer(model, settings.premise_cache_size)
-        self._stream = stream
-        self._sender: Sender[ToModel] = Sender(stream)
+        self._sender: Sender[ToModel] | None = None
+        """The current connection's, None while there is none."""
         self._jobs: dict[int, RemoteJob] = {}
         """Jobs not ended yet: in this tick, or sent and not answered."""
         self._keys = itertools.count()
         self._tick: list[RemoteJob | _Barrier] = []
         self._ticked = anyio.Event()
         self._barriers: dict[int, _Barrier] = {}
-        self._closed: Unavailable | None = None
-        self._gone = anyio.Event()
+        self._unavailable: Unavailable | None = Unavailable("not connected to the model process yet")
+        self._connected = anyio.Event()
+        self._lost = anyio.Event()
 
     @classmethod
     @asynccontextmanager
@@ -135,20 +142,34 @@ class RemoteEngine:
         cls, settings: Settings, path: str | Path, *, model: NliModel | None = None, connect_timeout_s: float = 0.0
     ) -> AsyncIterator[RemoteEngine]:
         """Connect to the model process on the Unix socket ``path`` (waiting up to
-        ``connect_timeout_s`` for it to listen) and serve jobs until exit. ``model`` defaults to
+        ``connect_timeout_s`` for it to listen: ``Unavailable`` after that) and serve jobs until
+        exit, connecting again whenever the connection ends. ``model`` defaults to
         ``NliModel.load_head(settings.model_name)``."""
         head = model or NliModel.load_head(settings.model_name)
-        stream = await _connect(Path(path), connect_timeout_s)
-        async with stream, anyio.create_task_group() as tasks:
-            engine = cls(head, settings, stream)
-            tasks.start_soon(engine._sender.run, name="nli-model-sender")
-            tasks.start_soon(engine._receive, name="nli-model-receiver")
+        engine = cls(head, settings, Path(path))
+        stream = await _connect(engine.path, connect_timeout_s)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(engine._stay_connected, stream, name="nli-model-connection")
             tasks.start_soon(engine._send_ticks, name="nli-front-tokenizer")
             try:
+                await engine._connected.wait()
                 yield engine
             finally:
-                engine._close(Unavailable("the front process is shutting down"))
+                engine._end_all(Unavailable("the front process is shutting down"))
                 tasks.cancel_scope.cancel()
+
+    @property
+    def connected(self) -> bool:
+        """Whether jobs can be sent now: the model process is connected."""
+        return self._unavailable is None
+
+    async def wait_connected(self) -> None:
+        """Return once connected to a model process (at once if connected now)."""
+        await self._connected.wait()
+
+    async def wait_disconnected(self) -> None:
+        """Return once the connection in use now ends: the model process stopped or died."""
+        await self._lost.wait()
 
     @property
     def inflight_jobs(self) -> int:
@@ -161,8 +182,8 @@ class RemoteEngine:
         """Take the job into this tick, whose jobs are tokenized and sent together; raises
         ``InvalidInput`` naming a pair whose hypothesis cannot fit, or ``Unavailable`` once the
         model process is gone. ``timeout_s`` can shorten ``JOB_TIMEOUT_S``, not extend it."""
-        if self._closed is not None:
-            raise self._closed
+        if self._unavailable is not None:
+            raise self._unavailable
         hypotheses = self.tokenizer.hypotheses(pairs)
         deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
         job = RemoteJob(self, next(self._keys), pairs, hypotheses, min(deadlines, default=None), wait_for_room)
@@ -175,15 +196,11 @@ class RemoteEngine:
         """Logits for pairs, in order: ``enqueue`` and wait (tests, benchmarks)."""
         return await self.enqueue(pairs).logits()
 
-    async def wait_closed(self) -> None:
-        """Return once the connection has ended: the model process stopped or died."""
-        await self._gone.wait()
-
     async def sync(self) -> None:
         """Return once the model process has taken every job enqueued before (admitted, held or
         refused them) and this front has read what it answered so far."""
-        if self._closed is not None:
-            raise self._closed
+        if self._unavailable is not None:
+            raise self._unavailable
         barrier = _Barrier(next(self._keys))
         self._barriers[barrier.key] = barrier
         self._tick.append(barrier)
@@ -191,7 +208,7 @@ class RemoteEngine:
         await barrier.passed.wait()
 
     def _cancel(self, job: RemoteJob) -> None:
-        if self._jobs.pop(job.key, None) is not None and job.sent:
+        if self._jobs.pop(job.key, None) is not None and job.sent and self._sender is not None:
             self._sender.send(Cancel(job.key))
 
     async def _send_ticks(self) -> None:
@@ -211,19 +228,44 @@ class RemoteEngine:
                     self._jobs.pop(job.key, None)
                     job.end(err)
                 continue
+            sender = self._sender
+            if sender is None:  # the connection was lost while the tick tokenized: its jobs have ended
+                continue
             for job, job_tokens in zip(live, tokens):
                 if job.key in self._jobs:  # not cancelled while the tick was tokenizing
                     job.sent = True
                     message = submit(job.key, job_tokens, timeout_s=job.timeout_s, wait_for_room=job.wait_for_room)
-                    self._sender.send(message)
+                    sender.send(message)
             for barrier in barriers:  # after the tick's jobs: the model process takes them first
-                self._sender.send(Ping(barrier.key))
+                if barrier.key in self._barriers:
+                    sender.send(Ping(barrier.key))
 
-    async def _receive(self) -> None:
+    async def _stay_connected(self, stream: SocketStream) -> None:
+        """Forever: serve jobs over the connection until it ends, end every job in flight
+        ``unavailable``, and connect again."""
+        while True:
+            async with stream, anyio.create_task_group() as connection:
+                self._sender = Sender(stream)
+                connection.start_soon(self._sender.run, name="nli-model-sender")
+                self._unavailable = None
+                self._connected.set()
+                log.info("model_process_connected", socket=str(self.path))
+                await self._receive(stream)
+                connection.cancel_scope.cancel()
+            failing = len(self._jobs)
+            self._sender, self._connected = None, anyio.Event()
+            self._end_all(Unavailable("the model process stopped"))
+            self._lost.set()
+            self._lost = anyio.Event()
+            log.warning("model_process_gone", failed_jobs=failing)
+            stream = await _connect(self.path, math.inf)
+
+    async def _receive(self, stream: SocketStream) -> None:
+        """Hand each answer to its job until the connection ends."""
         labels = len(self.model.labels)
         jobs = self._jobs
         try:
-            async for message in receive(self._stream, ToFront):
+            async for message in receive(stream, ToFront):
                 if isinstance(message, Accepted):
                     if (job := jobs.get(message.job)) is not None:
                         job.accept()
@@ -238,15 +280,10 @@ class RemoteEngine:
                         job.end(error_of(message))
         except FrameError as err:
             log.error("model_process_sent_garbage", error=str(err))
-        failing = len(self._jobs)
-        self._gone.set()
-        self._close(Unavailable("the model process stopped"))
-        log.warning("model_process_gone", failed_jobs=failing)
 
-    def _close(self, error: Unavailable) -> None:
-        """No more jobs: every one in flight ends with ``error``."""
-        if self._closed is None:
-            self._closed = error
+    def _end_all(self, error: Unavailable) -> None:
+        """Refuse new jobs with ``error`` and end every one in flight with it."""
+        self._unavailable = error
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
             job.end(error)
@@ -264,13 +301,14 @@ class _Barrier:
 
 
 async def _connect(path: Path, timeout_s: float) -> SocketStream:
-    """A connection to ``path``, retried until ``timeout_s`` while the model process starts."""
+    """A connection to ``path``, tried every ``RECONNECT_S`` for ``timeout_s`` while no model
+    process listens there."""
     with anyio.move_on_after(timeout_s):
         while True:
             try:
                 return await anyio.connect_unix(path)
             except OSError:
-                await anyio.sleep(0.05)
+                await anyio.sleep(RECONNECT_S)
     try:
         return await anyio.connect_unix(path)
     except OSError as err:
