@@ -21,10 +21,9 @@ from prometheus_client import CollectorRegistry
 from bench.batch_totals import BatchTotals, registry_totals, text_totals
 from bench.common import PAIRS_PER_JOB
 from bench.http_load import ClientPool, PhaseResult, HttpEndpoint
-from loadtest.burst import burst, one_at_a_time
+from loadtest.burst import one_at_a_time, submit_together
 from schemas import JobSchema
-from worker.engine import NliEngine
-from worker.service import run_job
+from worker.service import Engine, run_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +49,15 @@ class Driver(Protocol):
 
 
 class InprocDriver:
-    """Jobs through the service path of an engine in this process (what the serverless handler runs)."""
+    """Jobs through the service path of an engine in this process (what the serverless handler
+    runs): one process's, or a split worker's front (``RemoteEngine``)."""
 
-    def __init__(self, engine: NliEngine, schema: JobSchema, registry: CollectorRegistry) -> None:
+    def __init__(self, engine: Engine, schema: JobSchema, registry: CollectorRegistry) -> None:
         self.engine, self.schema, self.registry = engine, schema, registry
 
     async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:
-        run = await burst(self.engine, self.schema, list(job_inputs))
-        return PhaseResult(run.jobs, run.failed, run.wall_s, run.latencies_s)
+        failed, wall_s, latencies = await submit_together(self.engine, self.schema, list(job_inputs))
+        return PhaseResult(len(job_inputs), failed, wall_s, latencies)
 
     async def sustained(self, job_inputs: Sequence[dict], concurrency: int, duration_s: float) -> PhaseResult:
         started = time.perf_counter()

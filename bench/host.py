@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.batch_totals import BatchTotals, text_totals  # noqa: E402
 from bench.common import cpu_model  # noqa: E402
-from bench.drivers import HttpDriver, InprocDriver, PhaseResult, Scale, measure  # noqa: E402
+from bench.drivers import HttpDriver, InprocDriver, Scale, measure  # noqa: E402
 from bench.emulated import FORWARDS, emulated, gpu_policy  # noqa: E402
 from bench.http_load import ClientPool, HttpEndpoint, client_pool  # noqa: E402
 from bench.servers import ROOT, free_port, serving_process, trivial_server  # noqa: E402
@@ -55,7 +55,6 @@ from worker.logs import configure_logging  # noqa: E402
 from worker.metrics import Metrics  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.operations import plan_job  # noqa: E402
-from worker.service import run_job  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.split.remote_engine import RemoteEngine  # noqa: E402
 
@@ -127,26 +126,12 @@ async def split_row(settings: Settings, model: NliModel, forward: str, scale: Sc
 
 
 class ModelProcessDriver(InprocDriver):
-    """Jobs through a front's service path; batch totals and CPU from the model process's metrics."""
+    """Jobs through a front's service path (``InprocDriver``'s, any engine); batch totals and CPU
+    from the model process's metrics."""
 
     def __init__(self, engine: RemoteEngine, schema: JobSchema, metrics_url: str) -> None:
-        super().__init__(engine, schema, CollectorRegistry())  # type: ignore[arg-type]
+        super().__init__(engine, schema, CollectorRegistry())
         self.metrics_url = metrics_url
-
-    async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:
-        latencies: list[float] = []
-        failed = 0
-
-        async def one(job_input: dict) -> None:
-            nonlocal failed
-            failed += "error" in await run_job(self.engine, self.schema, job_input)
-            latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tasks:
-            for job_input in job_inputs:
-                tasks.start_soon(one, job_input)
-        return PhaseResult(len(latencies), failed, time.perf_counter() - started, latencies)
 
     async def totals(self) -> BatchTotals:
         async with aiohttp.ClientSession() as session, session.get(self.metrics_url) as response:

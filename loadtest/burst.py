@@ -18,7 +18,7 @@ from loadtest.stats import latency_summary_ms
 from schemas import JobSchema, build_job_schema
 from worker.engine import NliEngine
 from worker.engine_host import hosted_engine
-from worker.service import run_job
+from worker.service import Engine, run_job
 from worker.settings import Settings
 
 COMPANIES = ("Apple", "Tesla", "Dell", "Nvidia", "Bank of America")
@@ -104,10 +104,9 @@ class BurstRun:
     padding_efficiency: float
 
 
-async def burst(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) -> BurstRun:
-    """Submit every job at once through the service path and wait for all of them."""
-    stats = engine.batcher.stats
-    batches0, items0, real0, padded0 = stats.batches, stats.items, stats.real_tokens, stats.padded_tokens
+async def submit_together(engine: Engine, schema: JobSchema, job_inputs: list[dict]) -> tuple[int, float, list[float]]:
+    """Submit every job at once through the service path and wait for all of them: (jobs that
+    ended in an error, wall seconds, each job's latency). Any engine: one process's or a front's."""
     latencies: list[float] = []
     failures = 0
 
@@ -121,7 +120,14 @@ async def burst(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) ->
     async with anyio.create_task_group() as tg:
         for job_input in job_inputs:
             tg.start_soon(one, job_input)
-    wall_s = time.perf_counter() - started
+    return failures, time.perf_counter() - started, latencies
+
+
+async def burst(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) -> BurstRun:
+    """Submit every job at once through the service path and wait for all of them."""
+    stats = engine.batcher.stats
+    batches0, items0, real0, padded0 = stats.batches, stats.items, stats.real_tokens, stats.padded_tokens
+    failures, wall_s, latencies = await submit_together(engine, schema, job_inputs)
     padded = stats.padded_tokens - padded0
     return BurstRun(
         jobs=len(job_inputs),
@@ -134,7 +140,7 @@ async def burst(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) ->
     )
 
 
-async def one_at_a_time(engine: NliEngine, schema: JobSchema, job_inputs: list[dict]) -> list[float]:
+async def one_at_a_time(engine: Engine, schema: JobSchema, job_inputs: list[dict]) -> list[float]:
     """Latency of each job submitted alone: what a quiet minute's job sees."""
     latencies = []
     for job_input in job_inputs:

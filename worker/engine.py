@@ -133,8 +133,8 @@ class NliEngine:
         ``timeout_s`` (a job's own deadline, e.g. RunPod's ``policy.executionTimeout``) can
         shorten ``JOB_TIMEOUT_S``, not extend it. ``wait_for_room``: a full queue holds the job,
         in arrival order, until it has room or the deadline passes (``worker/admission.py``)."""
-        deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
-        return self.admission.admit(pairs, timeout_s=min(deadlines, default=None), wait_for_room=wait_for_room)
+        timeout = self.settings.job_timeout(timeout_s)
+        return self.admission.admit(pairs, timeout_s=timeout, wait_for_room=wait_for_room)
 
 
 YOUNG_COLLECTION_THRESHOLD = 10_000

@@ -171,6 +171,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except msgspec.ValidationError as err:
             raise SettingsError(_explain(err)) from err
 
+    def job_timeout(self, timeout_s: float | None) -> float | None:
+        """A job's timeout: its own (e.g. RunPod's ``policy.executionTimeout``) can shorten
+        ``JOB_TIMEOUT_S``, not extend it; None when neither is set."""
+        return min((t for t in (timeout_s, self.job_timeout_s) if t is not None), default=None)
+
     def batch_policy(self, *, on_gpu: bool) -> BatchPolicy:
         """The batcher's numbers, filling unset budgets with the device's defaults."""
         return BatchPolicy(

@@ -42,34 +42,28 @@ class ModelServer:
     def __init__(self, engine: NliEngine) -> None:
         self.engine = engine
         self._sequences = SequenceCache()
-        self.fronts = 0
-        """Fronts connected now."""
 
     async def serve_front(self, stream: SocketStream) -> None:
         """One front's connection, until it closes: its jobs end with it."""
         sender: Sender[ToFront] = Sender(stream)
         jobs: dict[int, Callable[[], None]] = {}
         """Each open job's way to give it up."""
-        self.fronts += 1
-        try:
-            async with stream, anyio.create_task_group() as tasks:
-                tasks.start_soon(sender.run, name="nli-front-sender")
-                try:
-                    async for message in receive(stream, ToModel):
-                        if isinstance(message, Submit):
-                            self._submit(message, sender, jobs, tasks)
-                        elif isinstance(message, Ping):
-                            sender.send(Pong(message.key))
-                        elif (give_up := jobs.pop(message.job, None)) is not None:
-                            give_up()
-                except FrameError as err:
-                    log.error("front_sent_garbage", error=str(err))
-                finally:  # the front is gone: drop every pair of its jobs still queued
-                    for give_up in list(jobs.values()):
+        async with stream, anyio.create_task_group() as tasks:
+            tasks.start_soon(sender.run, name="nli-front-sender")
+            try:
+                async for message in receive(stream, ToModel):
+                    if isinstance(message, Submit):
+                        self._submit(message, sender, jobs, tasks)
+                    elif isinstance(message, Ping):
+                        sender.send(Pong(message.key))
+                    elif (give_up := jobs.pop(message.job, None)) is not None:
                         give_up()
-                    tasks.cancel_scope.cancel()
-        finally:
-            self.fronts -= 1
+            except FrameError as err:
+                log.error("front_sent_garbage", error=str(err))
+            finally:  # the front is gone: drop every pair of its jobs still queued
+                for give_up in list(jobs.values()):
+                    give_up()
+                tasks.cancel_scope.cancel()
 
     def _submit(
         self, message: Submit, sender: Sender[ToFront], jobs: dict[int, Callable[[], None]], tasks: TaskGroup

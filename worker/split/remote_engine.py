@@ -185,16 +185,12 @@ class RemoteEngine:
         if self._unavailable is not None:
             raise self._unavailable
         hypotheses = self.tokenizer.hypotheses(pairs)
-        deadlines = [t for t in (timeout_s, self.settings.job_timeout_s) if t is not None]
-        job = RemoteJob(self, next(self._keys), pairs, hypotheses, min(deadlines, default=None), wait_for_room)
+        timeout = self.settings.job_timeout(timeout_s)
+        job = RemoteJob(self, next(self._keys), pairs, hypotheses, timeout, wait_for_room)
         self._jobs[job.key] = job
         self._tick.append(job)
         self._ticked.set()
         return job
-
-    async def infer(self, pairs: Sequence[Pair]) -> np.ndarray:
-        """Logits for pairs, in order: ``enqueue`` and wait (tests, benchmarks)."""
-        return await self.enqueue(pairs).logits()
 
     async def sync(self) -> None:
         """Return once the model process has taken every job enqueued before (admitted, held or
