@@ -131,7 +131,8 @@ async def test_a_queued_job_past_its_deadline_times_out_and_leaves_the_model_que
 async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model):
     import msgspec
 
-    from worker.split.messages import Failed, Submit
+    from worker.split.frames import receive
+    from worker.split.messages import Failed, Hello, Submit, ToFront
 
     async with model_process(settings(), tiny_model) as model:
         assert model.path.stat().st_mode & 0o777 == 0o600  # its user's fronts alone may connect
@@ -144,9 +145,10 @@ async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model)
                 bad = msgspec.msgpack.encode(Submit(7, [b"\x01\x00\x00\x00"], [0, 5, 3], None, False))
                 await careless.send(len(bad).to_bytes(4, "little") + bad)  # a pair naming no sequence
                 with anyio.fail_after(10):
-                    reply = await careless.receive()
-                answer = msgspec.msgpack.decode(reply[4:], type=Failed)
-                assert (answer.job, answer.code) == (7, "internal")
+                    replies = receive(careless, ToFront)
+                    hello, answer = await anext(replies), await anext(replies)
+                assert isinstance(hello, Hello)  # what it serves comes first on every connection
+                assert isinstance(answer, Failed) and (answer.job, answer.code) == (7, "internal")
             assert (await front.enqueue(pairs_about(HEADLINE)).logits()).shape == (2, 3)
 
 

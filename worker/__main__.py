@@ -29,6 +29,22 @@ def main(argv: list[str] | None = None) -> int:
         help="allow binding beyond loopback without API_KEY (anyone who can reach the port can submit jobs)",
     )
     pod.add_argument("--record", metavar="PATH", help="append every accepted job to this load-test trace file")
+    pod.add_argument(
+        "--front-processes",
+        type=_positive,
+        metavar="N",
+        help="serve HTTP from N processes sharing the port, and the model from one more (docs/PROCESSES.md); "
+        "default: one process does everything",
+    )
+    front = commands.add_parser(
+        "pod-front", help="one front process of `pod --front-processes N` (that command starts them; not by hand)"
+    )
+    front.add_argument("--front", type=int, required=True)
+    front.add_argument("--fronts", type=int, required=True)
+    front.add_argument("--run-dir", required=True)
+    front.add_argument("--fds", required=True, help="the pod's listening sockets, inherited")
+    front.add_argument("--health-port", type=int)
+    front.add_argument("--record", metavar="PATH")
     model_process = commands.add_parser(
         "model-process",
         help="serve the model to front processes on a Unix socket (docs/PROCESSES.md; not a front end)",
@@ -61,11 +77,29 @@ def main(argv: list[str] | None = None) -> int:
         from worker.split.model_process import run
 
         return run(settings, args.socket)
+    elif args.command == "pod" and args.front_processes:
+        from worker.pod.fronts import serve_fronts
+
+        return serve_fronts(settings, host=args.host, port=args.port, fronts=args.front_processes,
+                            insecure=args.insecure, record=args.record)  # fmt: skip
     elif args.command == "pod":
         from worker.pod import serve
 
         return serve(settings, host=args.host, port=args.port, insecure=args.insecure, record=args.record)
+    elif args.command == "pod-front":
+        from worker.pod.fronts import serve_front
+
+        fds = [int(fd) for fd in args.fds.split(",")]
+        return serve_front(settings, front=args.front, fronts=args.fronts, run_dir=args.run_dir, fds=fds,
+                           health_port=args.health_port, record=args.record)  # fmt: skip
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 if __name__ == "__main__":

@@ -114,6 +114,18 @@ class EngineHost:
         _, stop = self._events()
         stop.set()
 
+    def served_on(self) -> tuple[str, str] | None:
+        """The model's device and dtype while the engine serves."""
+        engine = self.engine
+        if engine is None:
+            return None
+        return str(engine.model.device), str(engine.model.dtype).removeprefix("torch.")
+
+    async def queue_state(self) -> tuple[int, int] | None:
+        """Pairs and tokens queued (the waiting room's too) while the engine serves."""
+        engine = self.engine
+        return None if engine is None else (engine.queued_pairs, engine.queued_tokens)
+
     def _events(self) -> tuple[anyio.Event, anyio.Event]:
         if self._ready is None or self._stop is None:  # made in the event loop, on first use
             self._ready, self._stop = anyio.Event(), anyio.Event()

@@ -21,6 +21,7 @@ import structlog
 from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
+from starlette.responses import Response
 
 from batching import ServiceError, Unavailable
 from schemas import build_job_schema
@@ -34,21 +35,24 @@ from schemas.runpod import (
     HealthView,
     JobCounts,
     ModelState,
+    PurgeResult,
     QueueState,
     decode_run_request,
 )
 from schemas.trace import TraceRecorder
-from worker.engine import NliEngine
 from worker.engine_host import EngineHost
 from worker.job_store import JobRecord, JobStore, new_job_id
 from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
+from worker.pod.peers import Peers, is_relayed
+from worker.pod.pod_metrics import MODEL, OPENMETRICS, Families, merge, parse
 from worker.pod.requests import read_body
 from worker.pod.routes import build_app
 from worker.pod.webhooks import WebhookSender, check_webhook
-from worker.service import AdmittedJob, JobOutcome, accept_job, admit_job, finish_job
+from worker.service import AdmittedJob, Engine, JobOutcome, accept_job, admit_job, finish_job
 from worker.settings import Settings
+from worker.split.remote_host import RemoteHost
 
 log = structlog.get_logger("worker.pod")
 _levels = logging.getLogger("worker.pod")  # asked before a per-job debug line (see worker.service)
@@ -70,9 +74,13 @@ class PodApp:
         metrics: Metrics | None = None,
         recorder: TraceRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote: RemoteHost | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``model`` skips loading (tests share one); ``load_model`` replaces ``NliModel.load``;
-        ``clock`` times jobs and their retention (tests move it instead of sleeping)."""
+        ``clock`` times jobs and their retention (tests move it instead of sleeping). A front
+        process of a pod with several (``worker/pod/fronts.py``) has ``remote``, its connection
+        to the model process, instead of an engine of its own, and ``peers``, the other fronts."""
         self.settings = settings
         self.metrics = metrics or Metrics(CollectorRegistry())
         self.recorder = recorder
@@ -80,7 +88,10 @@ class PodApp:
         self.store = JobStore(ttl_s=settings.job_ttl_s, max_finished=settings.max_finished_jobs,
                               max_bytes=settings.max_finished_bytes, clock=clock)  # fmt: skip
         self.metrics.watch_job_store(lambda: len(self.store), lambda: self.store.finished_bytes)
-        self.host = EngineHost(settings, model=model, load_model=load_model, metrics=self.metrics)
+        self.host: EngineHost | RemoteHost = remote or EngineHost(
+            settings, model=model, load_model=load_model, metrics=self.metrics
+        )
+        self.peers = peers
         self.webhooks = WebhookSender(
             attempts=settings.webhook_attempts, retry_s=settings.webhook_retry_s,
             timeout_s=settings.webhook_timeout_s, allow_private=settings.webhook_allow_private,
@@ -115,6 +126,8 @@ class PodApp:
             return await self._task_group.__aexit__(*exc_info)
         finally:
             await self.webhooks.aclose()
+            if self.peers is not None:
+                await self.peers.aclose()
             log.info("pod_stopped", jobs=self.store.counts())
 
     @property
@@ -157,13 +170,14 @@ class PodApp:
             finally:
                 self._sync_waits.discard(wait)
 
-    async def wait_ready(self) -> NliEngine:
+    async def wait_ready(self) -> Engine:
         """Wait until the engine serves jobs; raises ``Unavailable`` if it failed to start."""
         assert self._task_group is not None, "enter the PodApp first"
         return await self.host.wait_ready()
 
     @property
-    def engine(self) -> NliEngine | None:
+    def engine(self) -> Engine | None:
+        """``NliEngine`` in one process; in a front process, ``RemoteEngine`` while connected."""
         return self.host.engine
 
     @property
@@ -173,13 +187,23 @@ class PodApp:
 
     # ---- jobs -------------------------------------------------------------------------------
 
-    def serving_engine(self) -> NliEngine:
+    def serving_engine(self) -> Engine:
         """The engine, or the ``Unavailable`` a job is refused with (503, Retry-After)."""
         if self.closing or self._task_group is None:
             raise Unavailable("the server is shutting down" if self.closing else "the server is not started")
         if self.engine is None:
             raise self.failure or Unavailable("the model is loading; retry shortly")
         return self.engine
+
+    async def relayed(self, request: Request, job_id: str) -> Response | None:
+        """In a pod of several fronts, the answer of the front that holds ``job_id`` when it is
+        another (``NoSuchResource`` when that front has gone); None when this one answers."""
+        if self.peers is None or is_relayed(request) or (front := self.peers.owner(job_id)) is None:
+            return None
+        answer = await self.peers.relay(request, front)
+        if answer is None:
+            raise NoSuchResource(f"no job {job_id[:64]!r}: the front process that took it has stopped")
+        return answer
 
     async def submit(self, request: Request) -> JobRecord:
         """Read, decode and admit a job now (or raise why not), then run it in the background."""
@@ -192,7 +216,7 @@ class PodApp:
             log.info("request_refused", path=request.url.path, error=str(err), code=err.code)
             self.metrics.observe_rejection(err.code)
             raise
-        job_id = new_job_id()
+        job_id = self.peers.new_job_id() if self.peers is not None else new_job_id()
         job_input = body.input if len(body.input) else None
         admitted = admit_job(
             engine, self.schema, job_input, job_id=job_id, metrics=self.metrics, timeout_s=body.timeout_s
@@ -275,31 +299,64 @@ class PodApp:
         return record
 
     def purge_queue(self) -> int:
-        """Cancel the jobs no task has picked up yet, as RunPod's ``/purge-queue`` drops the
-        jobs no worker has taken; how many. Jobs already running are left to finish."""
+        """Cancel this process's jobs no task has picked up yet, as RunPod's ``/purge-queue``
+        drops the jobs no worker has taken; how many. Jobs already running are left to finish."""
         waiting = [record for record in self.store.in_flight() if record.status == IN_QUEUE]
         for record in waiting:
             self.cancel(record.id)
         return len(waiting)
 
+    async def purge_pod_queue(self, request: Request) -> int:
+        """``purge_queue`` on every front of the pod, asked with ``request``'s credentials (this
+        process alone in one process, or for a request another front relayed)."""
+        removed = self.purge_queue()
+        if self.peers is not None and not is_relayed(request):
+            for answer in (await self.peers.ask_others(request, "POST", "/purge-queue")).values():
+                removed += msgspec.json.decode(answer, type=PurgeResult).removed
+        return removed
+
     # ---- views --------------------------------------------------------------------------------
 
-    def health(self) -> HealthView:
-        """``/health``: RunPod's job counts, the model, the queue."""
+    async def health(self, request: Request | None = None) -> HealthView:
+        """``/health``: RunPod's job counts, the model, the queue; in a pod of several fronts,
+        the job counts of every front that answers, asked with ``request``'s credentials
+        (without one, or for a request another front relayed: this front's alone)."""
         counts = self.store.counts()
-        engine = self.engine
-        model = engine.model if engine is not None else None
+        if self.peers is not None and request is not None and not is_relayed(request):
+            for answer in (await self.peers.ask_others(request, "GET", "/health")).values():
+                other = msgspec.json.decode(answer, type=HealthView).jobs
+                for status, count in _COUNTS.items():
+                    counts[status] += getattr(other, count)
+        served_on = self.host.served_on()
+        device, dtype = served_on or (self.settings.device, self.settings.dtype)
+        queue = await self.host.queue_state()
         return HealthView(
-            jobs=JobCounts(
-                in_queue=counts[IN_QUEUE], in_progress=counts[IN_PROGRESS], completed=counts[COMPLETED],
-                failed=counts[FAILED], cancelled=counts[CANCELLED], timed_out=counts[TIMED_OUT],
-            ),
+            jobs=JobCounts(**{count: counts[status] for status, count in _COUNTS.items()}),
             model=ModelState(
-                name=self.settings.model_name,
-                device=str(model.device) if model is not None else self.settings.device,
-                dtype=str(model.dtype).removeprefix("torch.") if model is not None else self.settings.dtype,
-                ready=engine is not None and not self.closing,
+                name=self.settings.model_name, device=device, dtype=dtype,
+                ready=self.engine is not None and not self.closing,
                 error=None if self.failure is None else str(self.failure),
             ),
-            queue=None if engine is None else QueueState(pairs=engine.queued_pairs, tokens=engine.queued_tokens),
+            queue=None if queue is None else QueueState(pairs=queue[0], tokens=queue[1]),
         )  # fmt: skip
+
+    async def metrics_view(self, request: Request | None = None) -> CollectorRegistry:
+        """What ``/metrics`` shows: this process's registry, or, in a pod of several fronts,
+        every front's series and the model process's, each labelled by its ``process``
+        (``worker/pod/pod_metrics.py``; a request another front relayed: this front's)."""
+        if self.peers is None or request is None or is_relayed(request):
+            return self.metrics.registry
+        parts = {f"front-{self.peers.front}": list(self.metrics.registry.collect())}
+        answers = await self.peers.ask_others(request, "GET", "/metrics", accept=OPENMETRICS)
+        for front, text in answers.items():
+            parts[f"front-{front}"] = parse(text)
+        model = await self.host.scrape() if isinstance(self.host, RemoteHost) else None
+        ordered = [(name, parts[name]) for name in sorted(parts, key=lambda name: int(name.removeprefix("front-")))]
+        return Families(merge([*ordered, (MODEL, parse(model))] if model is not None else ordered))
+
+
+_COUNTS = {
+    IN_QUEUE: "in_queue", IN_PROGRESS: "in_progress", COMPLETED: "completed",
+    FAILED: "failed", CANCELLED: "cancelled", TIMED_OUT: "timed_out",
+}  # fmt: skip
+"""RunPod's job statuses and ``JobCounts``' fields for them."""

@@ -45,17 +45,23 @@ def build_app(pod: PodApp) -> Starlette:
         return json_response(record.view())
 
     async def status(request: Request) -> Response:
-        return json_response(pod.job(request.path_params["job_id"]).view())
+        job_id = request.path_params["job_id"]
+        if (answer := await pod.relayed(request, job_id)) is not None:
+            return answer
+        return json_response(pod.job(job_id).view())
 
     async def cancel(request: Request) -> Response:
-        record = pod.cancel(request.path_params["job_id"])
+        job_id = request.path_params["job_id"]
+        if (answer := await pod.relayed(request, job_id)) is not None:
+            return answer
+        record = pod.cancel(job_id)
         return json_response(JobView(id=record.id, status=record.status))
 
     async def health(request: Request) -> Response:
-        return json_response(pod.health())
+        return json_response(await pod.health(request))
 
     async def purge_queue(request: Request) -> Response:
-        return json_response(PurgeResult(pod.purge_queue()))
+        return json_response(PurgeResult(await pod.purge_pod_queue(request)))
 
     async def ping(request: Request) -> Response:
         if pod.engine is not None and not pod.closing:
@@ -71,7 +77,7 @@ def build_app(pod: PodApp) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         encode, content_type = choose_encoder(request.headers.get("accept"))
-        return Response(encode(pod.metrics.registry), headers={"Content-Type": content_type})
+        return Response(encode(await pod.metrics_view(request)), headers={"Content-Type": content_type})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

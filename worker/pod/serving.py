@@ -118,10 +118,38 @@ def serve(
     ``unavailable``. Logging is ours (configured by the caller); the
     access log is on only at LOG_LEVEL=DEBUG.
     """
+    bound = listen(settings, host=host, port=port, insecure=insecure)
+    if bound is None:
+        return 2
+    sockets, health_port = bound
+    try:
+        recorder = TraceRecorder(record) if record else None
+    except (OSError, ValueError) as err:
+        print(f"error: --record {record}: {err}", file=sys.stderr)
+        for sock in sockets:
+            sock.close()
+        return 2
+    urls = [_url(sock) for sock in sockets]  # the ports bound (port 0: the one the system chose)
+    log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None,
+             auth=settings.api_key is not None, record=record)  # fmt: skip
+    try:
+        return run_pod(settings, PodApp(settings, recorder=recorder), sockets, health_port)
+    finally:
+        for sock in sockets:
+            sock.close()
+        if recorder is not None:
+            recorder.close()
+
+
+def listen(
+    settings: Settings, *, host: str, port: int | None, insecure: bool
+) -> tuple[list[socket.socket], int | None] | None:
+    """The pod's listening sockets (its port, then ``PORT_HEALTH``'s when that is another) and
+    the health port; None, having said why on stderr, when it must not or cannot listen."""
     refusal = bind_refusal(host, settings, insecure=insecure)
     if refusal is not None:
         print(f"error: {refusal}", file=sys.stderr)
-        return 2
+        return None
     port = next(p for p in (port, settings.port, DEFAULT_PORT) if p is not None)
     health_port = settings.port_health if settings.port_health not in (None, port) else None
     sockets: list[socket.socket] = []
@@ -133,21 +161,22 @@ def serve(
         print(f"error: cannot listen on {host}, port {each}: {err}", file=sys.stderr)
         for sock in sockets:
             sock.close()
-        return 2
-    try:
-        recorder = TraceRecorder(record) if record else None
-    except (OSError, ValueError) as err:
-        print(f"error: --record {record}: {err}", file=sys.stderr)
-        for sock in sockets:
-            sock.close()
-        return 2
+        return None
+    if health_port == 0:  # the system chose it: serve /ping alone on the port it chose
+        health_port = sockets[1].getsockname()[1]
+    return sockets, health_port
+
+
+def run_pod(settings: Settings, pod: PodApp, sockets: list[socket.socket], health_port: int | None) -> int:
+    """Serve ``pod`` on ``sockets`` (``health_port``'s serving ``/ping`` alone) with uvicorn until
+    SIGINT/SIGTERM, draining first; 0 once it has served and stopped, 1 if it never started."""
     logging.getLogger("uvicorn").setLevel(logging.NOTSET)  # importing runpod held it at WARNING
-    pod = PodApp(settings, recorder=recorder)
     app = PingOnlyOn(pod.app, health_port) if health_port else pod.app
+    host, port = sockets[0].getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
-        port=port,  # bound above (sockets); uvicorn names them in its "running on" line
+        port=port,  # bound already (sockets); uvicorn names them in its "running on" line
         http=_http(settings),
         log_config=None,
         access_log=settings.log_level.upper() == "DEBUG",
@@ -157,17 +186,8 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     server = _DrainingServer(config, pod)
-    urls = [_url(sock) for sock in sockets]  # the ports bound (port 0: the one the system chose)
-    log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None,
-             auth=settings.api_key is not None, record=record)  # fmt: skip
-    try:
-        with _signals_end_quietly():
-            server.run(sockets=sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
-        if recorder is not None:
-            recorder.close()
+    with _signals_end_quietly():
+        server.run(sockets=sockets)
     return 0 if server.started else 1
 
 

@@ -45,7 +45,31 @@ class Ping(msgspec.Struct, tag=True, array_like=True):
 
 
 class Pong(msgspec.Struct, tag=True, array_like=True):
+    """The answer to ``Ping``, with what the shared queue holds now (a pod's ``/health``)."""
+
     key: int
+    queued_pairs: int
+    queued_tokens: int
+
+
+class Scrape(msgspec.Struct, tag=True, array_like=True):
+    """Answer ``Exposition``: the model process's metrics, for the pod's one ``/metrics``."""
+
+    key: int
+
+
+class Exposition(msgspec.Struct, tag=True, array_like=True):
+    key: int
+    text: bytes
+    """OpenMetrics' text format, which keeps every family's type whole for the pod to merge."""
+
+
+class Hello(msgspec.Struct, tag=True, array_like=True):
+    """The model process's first message on a connection: what it serves, and where."""
+
+    model: str
+    device: str
+    dtype: str
 
 
 class Accepted(msgspec.Struct, tag=True, array_like=True):
@@ -69,8 +93,8 @@ class Failed(msgspec.Struct, tag=True, array_like=True):
     retry_after_s: float | None = None
 
 
-ToModel = Submit | Cancel | Ping
-ToFront = Accepted | Result | Failed | Pong
+ToModel = Submit | Cancel | Ping | Scrape
+ToFront = Accepted | Result | Failed | Pong | Exposition | Hello
 
 _ERRORS: dict[str, type[ServiceError]] = {
     cls.code: cls for cls in (InvalidInput, Overloaded, Unavailable, DeadlineExceeded, InferenceFailed)

@@ -22,6 +22,7 @@ import numpy as np
 import structlog
 from anyio.abc import SocketStream, TaskGroup
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.openmetrics.exposition import generate_latest
 
 from batching import ServiceError
 from worker.admission import QueuedPairs
@@ -31,7 +32,9 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
-from worker.split.messages import Accepted, Failed, Ping, Pong, Result, SequenceCache, Submit, ToFront, ToModel, failed
+from worker.split.messages import (
+    Accepted, Exposition, Failed, Hello, Ping, Pong, Result, Scrape, SequenceCache, Submit, ToFront, ToModel, failed,
+)  # fmt: skip
 
 log = structlog.get_logger("worker.split.model_process")
 
@@ -39,9 +42,13 @@ log = structlog.get_logger("worker.split.model_process")
 class ModelServer:
     """Serves one running engine to front processes: ``await listener.serve(server.serve_front)``."""
 
-    def __init__(self, engine: NliEngine) -> None:
+    def __init__(self, engine: NliEngine, registry: CollectorRegistry | None = None) -> None:
+        """``registry``: the metrics a front's ``Scrape`` reads (none: an empty exposition)."""
         self.engine = engine
+        self.registry = registry
         self._sequences = SequenceCache()
+        model = engine.model
+        self._hello = Hello(model.name, str(model.device), str(model.dtype).removeprefix("torch."))
 
     async def serve_front(self, stream: SocketStream) -> None:
         """One front's connection, until it closes: its jobs end with it."""
@@ -50,12 +57,16 @@ class ModelServer:
         """Each open job's way to give it up."""
         async with stream, anyio.create_task_group() as tasks:
             tasks.start_soon(sender.run, name="nli-front-sender")
+            sender.send(self._hello)
             try:
                 async for message in receive(stream, ToModel):
                     if isinstance(message, Submit):
                         self._submit(message, sender, jobs, tasks)
                     elif isinstance(message, Ping):
-                        sender.send(Pong(message.key))
+                        sender.send(Pong(message.key, self.engine.queued_pairs, self.engine.queued_tokens))
+                    elif isinstance(message, Scrape):
+                        text = generate_latest(self.registry) if self.registry is not None else b""
+                        sender.send(Exposition(message.key, text))
                     elif (give_up := jobs.pop(message.job, None)) is not None:
                         give_up()
             except FrameError as err:
@@ -139,7 +150,7 @@ async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event 
             log.error("model_process_unavailable", error=str(err))
             return
         path.unlink(missing_ok=True)  # a socket left by a process that died
-        server = ModelServer(served)
+        server = ModelServer(served, host.metrics.registry if host.metrics is not None else None)
         try:
             # Only this user may connect: a front can submit jobs without the pod's API key.
             async with await anyio.create_unix_listener(path, mode=0o600) as listener:

@@ -32,7 +32,8 @@ from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
 from worker.split.messages import (
-    Accepted, Cancel, Failed, Ping, Pong, Result, ToFront, ToModel, error_of, logits_of, submit,
+    Accepted, Cancel, Exposition, Failed, Hello, Ping, Pong, Result, Scrape, ToFront, ToModel, error_of, logits_of,
+    submit,
 )  # fmt: skip
 from worker.tokenizing import Pair, PairTokenizer, premises_of
 
@@ -129,9 +130,12 @@ class RemoteEngine:
         self._jobs: dict[int, RemoteJob] = {}
         """Jobs not ended yet: in this tick, or sent and not answered."""
         self._keys = itertools.count()
-        self._tick: list[RemoteJob | _Barrier] = []
+        self._tick: list[RemoteJob | _Question] = []
         self._ticked = anyio.Event()
-        self._barriers: dict[int, _Barrier] = {}
+        self._questions: dict[int, _Question] = {}
+        """``Ping`` and ``Scrape`` sent and not answered yet."""
+        self.hello: Hello | None = None
+        """What the model process serves, and where (its first message on a connection)."""
         self._unavailable: Unavailable | None = Unavailable("not connected to the model process yet")
         self._connected = anyio.Event()
         self._lost = anyio.Event()
@@ -163,6 +167,11 @@ class RemoteEngine:
         """Whether jobs can be sent now: the model process is connected."""
         return self._unavailable is None
 
+    @property
+    def unavailable(self) -> Unavailable | None:
+        """What a job is refused with now, while the model process is not connected."""
+        return self._unavailable
+
     async def wait_connected(self) -> None:
         """Return once connected to a model process (at once if connected now)."""
         await self._connected.wait()
@@ -192,16 +201,32 @@ class RemoteEngine:
         self._ticked.set()
         return job
 
-    async def sync(self) -> None:
+    async def sync(self) -> Pong:
         """Return once the model process has taken every job enqueued before (admitted, held or
-        refused them) and this front has read what it answered so far."""
+        refused them) and this front has read what it answered so far; its answer says what the
+        shared queue holds now."""
+        question = self._ask()
+        self._tick.append(question)  # after the jobs of this tick: the model process takes them first
+        self._ticked.set()
+        answer = await question.answered()
+        assert isinstance(answer, Pong)
+        return answer
+
+    async def scrape(self) -> bytes:
+        """The model process's metrics, in OpenMetrics' text format."""
+        question = self._ask()
+        assert self._sender is not None
+        self._sender.send(Scrape(question.key))
+        answer = await question.answered()
+        assert isinstance(answer, Exposition)
+        return answer.text
+
+    def _ask(self) -> _Question:
         if self._unavailable is not None:
             raise self._unavailable
-        barrier = _Barrier(next(self._keys))
-        self._barriers[barrier.key] = barrier
-        self._tick.append(barrier)
-        self._ticked.set()
-        await barrier.passed.wait()
+        question = _Question(self, next(self._keys))
+        self._questions[question.key] = question
+        return question
 
     def _cancel(self, job: RemoteJob) -> None:
         if self._jobs.pop(job.key, None) is not None and job.sent and self._sender is not None:
@@ -213,7 +238,7 @@ class RemoteEngine:
             await self._ticked.wait()
             self._ticked = anyio.Event()
             jobs, self._tick = self._tick, []
-            barriers = [job for job in jobs if isinstance(job, _Barrier)]
+            questions = [job for job in jobs if isinstance(job, _Question)]
             live = [job for job in jobs if isinstance(job, RemoteJob) and job.key in self._jobs]
             pairs = [job.pairs for job in live]
             try:
@@ -232,9 +257,9 @@ class RemoteEngine:
                     job.sent = True
                     message = submit(job.key, job_tokens, timeout_s=job.timeout_s, wait_for_room=job.wait_for_room)
                     sender.send(message)
-            for barrier in barriers:  # after the tick's jobs: the model process takes them first
-                if barrier.key in self._barriers:
-                    sender.send(Ping(barrier.key))
+            for question in questions:  # after the tick's jobs: the model process takes them first
+                if question.key in self._questions:
+                    sender.send(Ping(question.key))
 
     async def _stay_connected(self, stream: SocketStream) -> None:
         """Forever: serve jobs over the connection until it ends, end every job in flight
@@ -265,9 +290,12 @@ class RemoteEngine:
                 if isinstance(message, Accepted):
                     if (job := jobs.get(message.job)) is not None:
                         job.accept()
-                elif isinstance(message, Pong):
-                    if (barrier := self._barriers.pop(message.key, None)) is not None:
-                        barrier.passed.set()
+                elif isinstance(message, (Pong, Exposition)):
+                    if (question := self._questions.pop(message.key, None)) is not None:
+                        question.answer = message
+                        question.done.set()
+                elif isinstance(message, Hello):
+                    self.hello = message
                 elif (job := jobs.pop(message.job, None)) is not None:
                     if isinstance(message, Result):
                         job.end(None, logits_of(message, labels))
@@ -283,17 +311,30 @@ class RemoteEngine:
         jobs, self._jobs = self._jobs, {}
         for job in jobs.values():
             job.end(error)
-        barriers, self._barriers = self._barriers, {}
-        for barrier in barriers.values():
-            barrier.passed.set()
+        questions, self._questions = self._questions, {}
+        for question in questions.values():
+            question.done.set()
 
 
-class _Barrier:
-    __slots__ = ("key", "passed")
+class _Question:
+    """A ``Ping`` or ``Scrape`` awaiting its answer; the connection's end answers it with none."""
 
-    def __init__(self, key: int) -> None:
+    __slots__ = ("_engine", "key", "done", "answer")
+
+    def __init__(self, engine: RemoteEngine, key: int) -> None:
+        self._engine = engine
         self.key = key
-        self.passed = anyio.Event()
+        self.done = anyio.Event()
+        self.answer: Pong | Exposition | None = None
+
+    async def answered(self) -> Pong | Exposition:
+        try:
+            await self.done.wait()
+        finally:
+            self._engine._questions.pop(self.key, None)
+        if self.answer is None:
+            raise self._engine._unavailable or Unavailable("the model process stopped")
+        return self.answer
 
 
 async def _connect(path: Path, timeout_s: float) -> SocketStream:

@@ -1,0 +1,149 @@
+"""A pod of several processes for real: ``python -m worker pod --front-processes 2``.
+
+Two fronts share the port, and the kernel hands each connection to either; a caller must not
+notice. Each test also talks to each front directly, on the Unix socket the fronts relay to one
+another through (in the run directory the pod logs), so what one front answers for another's job
+is checked whichever front the kernel would have chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import httpx
+from pod_subprocess import job_input, pod_process, poll_until_done, wait_until_ready
+from prometheus_client.parser import text_string_to_metric_families
+
+FRONTS = ("--front-processes", "2")
+LONG = "Apple Declares A Special Dividend And Raises Its Guidance For The Full Year " * 6
+
+
+def slow_burst(jobs: int) -> list[dict]:
+    """Jobs that keep the CPU model busy for a while, so some are still queued when acted on."""
+    return [{"operation": "classify_batch", "headlines": [f"{j}.{i} {LONG}" for i in range(32)]} for j in range(jobs)]
+
+
+def fronts(run_dir: str, headers: dict[str, str]) -> list[httpx.AsyncClient]:
+    """A client on each front's own socket: a request there is answered as if it came to the port."""
+    return [
+        httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=f"{run_dir}/front-{front}.sock"),
+                          base_url="http://pod", headers=headers, timeout=30)  # fmt: skip
+        for front in range(2)
+    ]
+
+
+def started(lines: list[dict], process: str) -> int:
+    """The pid of the newest ``process`` (``model``, ``front-0``...) the supervisor started."""
+    return [line["pid"] for line in lines if line["event"] == "pod_process_started" and line["process"] == process][-1]
+
+
+def jobs_total(metrics: str) -> dict[str, float]:
+    """``nli_jobs_total`` by process, from one scrape."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "nli_jobs_total":
+                totals[sample.labels["process"]] = totals.get(sample.labels["process"], 0) + sample.value
+    return totals
+
+
+async def test_every_front_answers_for_every_job_and_the_pod_is_counted_whole(
+    tmp_path: Path, example_jobs, check_job_output
+) -> None:
+    key = {"Authorization": "Bearer k3y"}
+    jobs = [job_input(example_jobs, i) for i in range(18)]
+    lines: list[dict] = []
+    with anyio.fail_after(120):
+        async with pod_process(tmp_path, lines, {"API_KEY": "k3y"}, *FRONTS) as (process, reader, client):
+            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
+            front_0, front_1 = fronts(run_dir, key)
+            async with front_0, front_1:
+                ids = [(await each.post("/run", json={"input": job}, headers=key)).json()["id"]
+                       for each, (_, job) in zip([front_0, front_1] * 9, jobs)]  # fmt: skip
+                busy = [(await front_1.post("/run", json={"input": job})).json()["id"] for job in slow_burst(10)]
+                cancelled = await front_0.post(f"/cancel/{busy[-1]}")  # a job front 1 holds, still queued
+                results = {front: await poll_until_done(each, ids + busy) for front, each in enumerate((front_0, front_1))}
+                health = [(await each.get("/health")).json() for each in (front_0, front_1)]
+                scrape = (await client.get("/metrics")).text
+                purged = (await client.post("/purge-queue", headers=key)).json()
+                unknown = await front_0.get(f"/status/1-{ids[0].partition('-')[2]}")
+                unauthorised = await front_0.get(f"/status/{ids[1]}", headers={"Authorization": "Bearer nope"})
+                told_to_stay_local = await client.get("/health", headers={**key, "x-burst-nli-relayed": "1"})
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert {job_id.partition("-")[0] for job_id in ids} == {"0", "1"}  # each front names its own jobs
+    assert results[0] == results[1]  # either front answers for every job, the other's too
+    for job_id, (operation, job) in zip(ids, jobs):
+        assert results[0][job_id]["status"] == "COMPLETED"
+        check_job_output(operation, job, results[0][job_id]["output"])
+    assert cancelled.json() == {"id": busy[-1], "status": "CANCELLED"}
+    assert results[0][busy[-1]]["status"] == "CANCELLED"
+    counts = {"completed": len(ids) + len(busy) - 1, "cancelled": 1, "inQueue": 0, "inProgress": 0}
+    for each in health:  # the whole pod's jobs, whichever front is asked
+        assert {status: each["jobs"][status] for status in counts} == counts
+        assert each["model"]["ready"] is True and each["queue"] == {"pairs": 0, "tokens": 0}
+    assert told_to_stay_local.json()["jobs"] == health[0]["jobs"]  # the relay header counts only between fronts
+    assert jobs_total(scrape) == {"front-0": 9, "front-1": 9 + len(busy)}  # each front counts its own
+    assert "process=\"model\"" in scrape and "nli_batch_pairs_count{process=\"model\"}" in scrape
+    assert purged == {"removed": 0, "status": "completed"}
+    assert unknown.status_code == 404 and "no job" in unknown.json()["error"]
+    assert unauthorised.status_code == 401  # a front's own socket asks for the key too
+
+
+async def test_sigterm_mid_burst_drains_every_front_then_stops_the_model(tmp_path: Path) -> None:
+    lines: list[dict] = []
+    with anyio.fail_after(150):
+        async with pod_process(tmp_path, lines, {"DRAIN_TIMEOUT_S": "120"}, *FRONTS) as (process, reader, client):
+            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
+            front_0, front_1 = fronts(run_dir, {})
+            async with front_0, front_1:
+                ids = [(await each.post("/run", json={"input": job})).json()["id"]
+                       for each, job in zip([front_0, front_1] * 4, slow_burst(8))]  # fmt: skip
+                process.send_signal(signal.SIGTERM)
+                await reader.until(lambda line: line["event"] == "pod_draining", lines)
+                ping = await front_1.get("/ping")
+                refused = await front_0.post("/run", json={"input": slow_burst(1)[0]})
+                results = await poll_until_done(front_0, ids)
+            await reader.until(lambda line: line["event"] == "pod_stopped" and "front_processes" in line, lines)
+            returncode = await process.wait()
+    assert ping.status_code == 503
+    assert refused.status_code == 503 and refused.json()["error"] == "unavailable: the server is shutting down"
+    assert [results[job_id]["status"] for job_id in ids] == ["COMPLETED"] * len(ids)
+    events = [line["event"] for line in lines]
+    assert events.index("model_process_stopping") > max(i for i, e in enumerate(events) if e == "pod_drained")
+    assert returncode == 0
+
+
+async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) -> None:
+    lines: list[dict] = []
+    with anyio.fail_after(150):
+        async with pod_process(tmp_path, lines, {}, *FRONTS) as (process, reader, client):
+            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
+            front_0, front_1 = fronts(run_dir, {})
+            async with front_0, front_1:
+                await reader.until(lambda line: line.get("process") == "front-1", lines)  # every pid is known
+                ids = [(await front_0.post("/run", json={"input": job})).json()["id"] for job in slow_burst(6)]
+                os.kill(started(lines, "model"), signal.SIGKILL)
+                failed = await poll_until_done(front_1, ids)
+                ping = await front_0.get("/ping")
+                await wait_until_ready(front_0)  # the model process was started again, and both fronts
+                await wait_until_ready(front_1)  # connected to it
+                served = (await front_0.post("/runsync", json={"input": slow_burst(1)[0]})).json()
+                kept = (await front_1.post("/runsync", json={"input": slow_burst(1)[0]})).json()
+                os.kill(started(lines, "front-1"), signal.SIGKILL)
+                lost = await front_0.get(f"/status/{kept['id']}")
+                still = await front_0.get(f"/status/{served['id']}")
+                await reader.until(lambda line: line["event"] == "pod_process_died" and line["process"] == "front-1", lines)
+                await wait_until_ready(front_1)  # started again
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    for job_id in ids:  # in flight when the model process died: failed, and said why
+        assert failed[job_id]["status"] == "FAILED"
+        assert failed[job_id]["error"] == "unavailable: the model process stopped"
+    assert ping.status_code == 503  # the load balancer stops sending until the model is back
+    assert served["status"] == kept["status"] == "COMPLETED"
+    assert lost.status_code == 404 and "the front process that took it has stopped" in lost.json()["error"]
+    assert still.json()["status"] == "COMPLETED"  # a front that goes takes only its own jobs

@@ -1,0 +1,63 @@
+"""One ``/metrics`` for a pod of several processes: every front's series and the model process's,
+each sample labelled with the ``process`` it came from (``front-0``, ``front-1``, ..., ``model``).
+
+Each process keeps its own registry (``worker/metrics.py``); a scrape asks the others for theirs
+in OpenMetrics' text format and merges them by family. A series is taken from the processes that
+keep it: the job series (``FRONT_SERIES``) from the fronts, every other ``nli_`` series (batches,
+the queue, the model) from the model process, and each process's own ``process_*`` and
+``python_*`` series from all. Sums over ``process`` give what one process's series would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
+
+__all__ = ["FRONT_SERIES", "MODEL", "OPENMETRICS", "Families", "merge", "openmetrics_text", "parse"]
+
+MODEL = "model"
+"""The model process's ``process`` label; a front's is ``front-<number>``."""
+FRONT_SERIES = frozenset(
+    {"nli_jobs", "nli_job_latency_seconds", "nli_rejected", "nli_webhooks", "nli_stored_jobs", "nli_stored_bytes"}
+)
+"""The ``nli_`` families the fronts keep: jobs, refusals, webhooks, the job store."""
+
+
+def parse(text: bytes) -> list[Metric]:
+    """Families from OpenMetrics' text format (what another process of the pod answers)."""
+    return list(text_string_to_metric_families(text.decode()))
+
+
+def merge(parts: Sequence[tuple[str, Iterable[Metric]]]) -> list[Metric]:
+    """The families of every ``(process, families)``, each sample labelled with its process."""
+    families: dict[str, Metric] = {}
+    for process, metrics in parts:
+        from_front = process != MODEL
+        for family in metrics:
+            if family.name.startswith("nli_") and (family.name in FRONT_SERIES) != from_front:
+                continue  # the other kind of process keeps this series; this copy stands idle
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            merged.samples.extend(
+                Sample(s.name, {**s.labels, "process": process}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples
+            )
+    return list(families.values())
+
+
+class Families(CollectorRegistry):
+    """Merged families, as an encoder of ``prometheus_client`` takes a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        super().__init__(auto_describe=False)
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)

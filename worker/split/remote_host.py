@@ -1,0 +1,113 @@
+"""A front process's counterpart of ``EngineHost``: the connection to the model process, for the
+pod's front processes (``python -m worker pod --front-processes N``).
+
+It answers what the pod asks of a host: the engine while jobs can be sent (a ``RemoteEngine``
+that is connected), why not when they cannot, where the model runs and what the shared queue
+holds. Before the first connection the model is "loading" (the pod's ``/ping`` 204); once the
+model process has gone, jobs are refused ``unavailable`` and ``/ping`` is 503 until the front
+has connected again, as a load balancer must see it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import anyio
+
+from batching import Unavailable
+from worker.model import NliModel
+from worker.settings import Settings
+from worker.split.remote_engine import RemoteEngine
+
+
+class RemoteHost:
+    """One front's connection to the model process: ``serve`` in a task until ``stop``."""
+
+    def __init__(self, settings: Settings, path: str | Path, *, model: NliModel | None = None) -> None:
+        """``path``: the model process's socket; ``model``: the head to tokenize with (default
+        ``NliModel.load_head(settings.model_name)``)."""
+        self.settings = settings
+        self.path = Path(path)
+        self._model = model
+        self._engine: RemoteEngine | None = None
+        self._failure: Unavailable | None = None
+        self._ready: anyio.Event | None = None
+        self._stop: anyio.Event | None = None
+
+    @property
+    def engine(self) -> RemoteEngine | None:
+        """The engine while the model process is connected, else None."""
+        engine = self._engine
+        return engine if engine is not None and engine.connected else None
+
+    @property
+    def failure(self) -> Unavailable | None:
+        """Why jobs cannot be sent now; None while the first connection is still awaited."""
+        if self._engine is not None and not self._engine.connected:
+            return self._engine.unavailable
+        return self._failure
+
+    async def serve(self) -> None:
+        """Connect (waiting for the model process as long as it takes to load) and follow the
+        connection until ``stop``."""
+        ready, stop = self._events()
+        try:
+            async with RemoteEngine.connect(
+                self.settings, self.path, model=self._model, connect_timeout_s=math.inf
+            ) as engine:
+                self._engine = engine
+                ready.set()
+                await stop.wait()
+        except Exception as err:  # the model's head could not be loaded here
+            self._failure = Unavailable(f"the front process failed: {type(err).__name__}: {err}")
+        finally:
+            self._engine = None
+            self._failure = self._failure or Unavailable("the front process is shutting down")
+            ready.set()
+
+    async def wait_ready(self) -> RemoteEngine:
+        """The engine once connected; ``Unavailable`` if the front failed or stopped."""
+        ready, _ = self._events()
+        await ready.wait()
+        if self._engine is None:
+            raise self.failure or Unavailable("the front process has stopped")
+        await self._engine.wait_connected()
+        return self._engine
+
+    def stop(self) -> None:
+        _, stop = self._events()
+        stop.set()
+
+    def served_on(self) -> tuple[str, str] | None:
+        """The model's device and dtype, as the model process said on connecting."""
+        engine = self.engine
+        hello = engine.hello if engine is not None else None
+        return None if hello is None else (hello.device, hello.dtype)
+
+    async def queue_state(self) -> tuple[int, int] | None:
+        """Pairs and tokens in the shared queue (the waiting room's too), asked of the model
+        process; None while it is not connected."""
+        engine = self.engine
+        if engine is None:
+            return None
+        try:
+            pong = await engine.sync()
+        except Unavailable:
+            return None
+        return pong.queued_pairs, pong.queued_tokens
+
+    async def scrape(self) -> bytes | None:
+        """The model process's metrics (OpenMetrics' text); None while it is not connected."""
+        engine = self.engine
+        if engine is None:
+            return None
+        try:
+            return await engine.scrape()
+        except Unavailable:
+            return None
+
+    def _events(self) -> tuple[anyio.Event, anyio.Event]:
+        if self._ready is None or self._stop is None:
+            self._ready, self._stop = anyio.Event(), anyio.Event()
+        return self._ready, self._stop
