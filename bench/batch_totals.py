@@ -56,12 +56,13 @@ class BatchTotals:
         }
 
 
-def totals_of(families: Iterable[Metric]) -> BatchTotals:
+def totals_of(families: Iterable[Metric], process: str | None = None) -> BatchTotals:
+    """``process``: only the samples of that process of a pod of several (its ``process`` label)."""
     values = {field: 0.0 for field in _SAMPLES.values()}
     for family in families:
         for sample in family.samples:
             field = _SAMPLES.get(sample.name)
-            if field is not None:
+            if field is not None and (process is None or sample.labels.get("process") == process):
                 values[field] += sample.value
     return BatchTotals(**values)
 
@@ -70,6 +71,6 @@ def registry_totals(registry: CollectorRegistry) -> BatchTotals:
     return totals_of(registry.collect())
 
 
-def text_totals(exposition: str) -> BatchTotals:
+def text_totals(exposition: str, process: str | None = None) -> BatchTotals:
     """From ``/metrics`` text (Prometheus format)."""
-    return totals_of(text_string_to_metric_families(exposition))
+    return totals_of(text_string_to_metric_families(exposition), process)

@@ -89,10 +89,13 @@ class InprocDriver:
 
 
 class HttpDriver:
-    """Jobs over loopback HTTP from the client processes; batch totals from ``/metrics`` if given."""
+    """Jobs over loopback HTTP from the client processes; batch totals from ``/metrics`` if given
+    (``process``: that process's alone, in a pod of several)."""
 
-    def __init__(self, pool: ClientPool, target: HttpEndpoint, metrics_url: str | None = None) -> None:
-        self.pool, self.target, self.metrics_url = pool, target, metrics_url
+    def __init__(
+        self, pool: ClientPool, target: HttpEndpoint, metrics_url: str | None = None, process: str | None = None
+    ) -> None:
+        self.pool, self.target, self.metrics_url, self.process = pool, target, metrics_url, process
 
     async def burst(self, job_inputs: Sequence[dict]) -> PhaseResult:
         return await self.pool.burst(self.target, job_inputs)
@@ -107,7 +110,7 @@ class HttpDriver:
         if self.metrics_url is None:
             return None
         async with aiohttp.ClientSession() as session, session.get(self.metrics_url) as response:
-            return text_totals(await response.text())
+            return text_totals(await response.text(), self.process)
 
 
 async def measure(driver: Driver, scale: Scale, jobs: Sequence[dict], loop_jobs: Sequence[dict]) -> dict:

@@ -9,12 +9,15 @@ aggregate, HTTP) runs as shipped; only ``NliModel.run`` is replaced. It returns 
   GIL as a thread waiting on CUDA does.
 
     python -m bench.emulated --forward h100 --port 8000    # the pod, serving on loopback
+    python -m bench.emulated --forward h100 --port 8000 --front-processes 2  # a pod of 2 fronts
     python -m bench.emulated --forward h100 --socket PATH  # a split worker's model process
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -69,9 +72,19 @@ def main() -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int, help="serve the pod on this loopback port")
     where.add_argument("--socket", help="serve as a model process on this Unix socket")
+    parser.add_argument("--front-processes", type=int, help="with --port: a pod of this many fronts and a model process")
     args = parser.parse_args()
     configure_logging("WARNING")
     settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
+    if args.front_processes:
+        from worker.pod.fronts import serve_fronts
+
+        # The fronts read their settings from the environment: the same model and batch budget.
+        os.environ.update(MODEL_NAME=args.model, DEVICE="cpu", LOG_LEVEL="WARNING",
+                          MAX_BATCH_TOKENS=str(settings.max_batch_tokens), MAX_BATCH_PAIRS=str(settings.max_batch_pairs))
+        model_process = [sys.executable, "-m", "bench.emulated", "--forward", args.forward, "--model", args.model]
+        raise SystemExit(serve_fronts(settings, host="127.0.0.1", port=args.port, fronts=args.front_processes,
+                                      model_command=model_process))
     if args.socket:
         from worker.split.model_process import run
 

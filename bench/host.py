@@ -16,7 +16,9 @@ slept), under the GPU's batch budget, on any machine:
 - server CPU µs a job: the serving process's CPU time (every thread) over the sustained loop,
   divided by its jobs; one process can feed a GPU at most 1 / that many jobs a second, however
   many cores the host has (docs/PROCESSES.md). In the split rows it and the batch columns are
-  the model process's (its ``METRICS_PORT``): the fronts are the part that scales with cores.
+  the model process's (its ``METRICS_PORT``, or the ``process="model"`` series of a pod of
+  several): the fronts are the part that scales with cores;
+- the pod of 1 and of 2 front processes (``--front-processes``) beside the pod in one process.
 Writes ``host.json`` and ``host.md`` under ``--out`` and prints the tables.
 """
 
@@ -138,15 +140,21 @@ class ModelProcessDriver(InprocDriver):
             return text_totals(await response.text())
 
 
-async def pod_row(settings: Settings, forward: str, scale: Scale, pool: ClientPool, log_dir: Path) -> dict:
+async def pod_row(
+    settings: Settings, forward: str, scale: Scale, pool: ClientPool, log_dir: Path, fronts: int | None = None
+) -> dict:
+    """The pod in one process, or (``fronts``) a pod of that many front processes and a model
+    process, whose CPU and batches the row reports."""
     port = free_port()
     command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", settings.model_name,
-               "--port", str(port)]
-    async with serving_process(f"emulated-pod-{forward}", command, f"http://127.0.0.1:{port}", "/ping",
-                               log_dir=log_dir) as url:
-        driver = HttpDriver(pool, HttpEndpoint("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}"), f"{url}/metrics")
+               "--port", str(port), *(["--front-processes", str(fronts)] if fronts else [])]
+    name = f"emulated-pod-{forward}" + (f"-{fronts}-fronts" if fronts else "")
+    async with serving_process(name, command, f"http://127.0.0.1:{port}", "/ping", log_dir=log_dir) as url:
+        target = HttpEndpoint("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}")
+        driver = HttpDriver(pool, target, f"{url}/metrics", "model" if fronts else None)
         result = await measure(driver, scale, classify_jobs(scale.jobs), _loop_jobs(scale))
-    return {"way": f"pod over HTTP, forward {forward}", **result}
+    processes = f"{fronts} front process{'es' if fronts > 1 else ''}, " if fronts else ""
+    return {"way": f"pod over HTTP, {processes}forward {forward}", **result}
 
 
 async def trivial_row(scale: Scale, pool: ClientPool, log_dir: Path) -> dict:
@@ -170,7 +178,8 @@ async def server_rows(settings: Settings, model: NliModel, scale: Scale, forward
         async with client_pool(scale.client_procs) as pool:
             rows.append(await trivial_row(scale, pool, log_dir))
             for forward in forwards:
-                rows.append(await pod_row(settings, forward, scale, pool, log_dir))
+                for fronts in (None, 1, 2):
+                    rows.append(await pod_row(settings, forward, scale, pool, log_dir, fronts))
     return rows
 
 

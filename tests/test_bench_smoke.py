@@ -77,23 +77,26 @@ def test_the_table_leaves_blank_what_a_way_did_not_measure() -> None:
 
 
 def test_host_bench_smoke_run_measures_every_stage_and_row(tmp_path: Path) -> None:
-    """bench/host.py (the emulated forward: in process, split, and the pod over HTTP) at its smallest."""
+    """bench/host.py (the emulated forward: in process, split, and the pod over HTTP in one process
+    and in 1 and 2 front processes) at its smallest."""
     command = [sys.executable, "bench/host.py", "--quick", "--model", "synthetic:tiny", "--forwards", "h100",
                "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((tmp_path / "host.json").read_text())
     assert set(report["stages_us"]) == {"decode", "plan", "tokenize", "collate", "aggregate", "encode"}
     assert all(cost > 0 for cost in report["stages_us"].values())
     ways = [row["way"] for row in report["rows"]]
+    pods = ["pod over HTTP, forward h100", "pod over HTTP, 1 front process, forward h100",
+            "pod over HTTP, 2 front processes, forward h100"]
     assert ways == ["in process, forward h100", "split in process, forward h100",
-                    "trivial server over HTTP (client ceiling)", "pod over HTTP, forward h100"]
+                    "trivial server over HTTP (client ceiling)", *pods]
     rows = dict(zip(ways, report["rows"]))
     for row in report["rows"]:
         assert row["burst"]["jobs"] == 48 and row["burst"]["failed"] == 0
         assert row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
-    for way in ("in process, forward h100", "split in process, forward h100", "pod over HTTP, forward h100"):
+    for way in ("in process, forward h100", "split in process, forward h100", *pods):
         assert rows[way]["burst"]["batches"] >= 1 and rows[way]["burst"]["mean_batch_pairs"] > 6  # batches merged jobs
         assert rows[way]["sustained"]["cpu_us_a_job"] > 0  # the serving (model) process's CPU: the feed rate's bound
     assert "| in process, forward h100 | 48 |" in (tmp_path / "host.md").read_text()

@@ -223,3 +223,15 @@ def _scrape(url: str) -> str:
 
     with urlopen(url, timeout=10) as response:
         return response.read().decode()
+
+
+def test_a_model_process_that_cannot_load_tells_its_fronts_why(tmp_path, tiny_model):
+    from worker.split.model_process import run
+    from worker.split.remote_host import RemoteHost
+
+    path = tmp_path / "model.sock"
+    front = RemoteHost(settings(), path, model=tiny_model)
+    assert front.failure is None  # nothing said yet: still loading, as far as a front can tell
+    assert run(Settings(model_name=str(tmp_path / "no-such-model")), str(path)) == 1
+    assert str(front.failure).startswith("unavailable: the model process failed to start: model failed to load")
+    assert not path.exists()  # it never listened

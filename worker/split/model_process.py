@@ -132,6 +132,12 @@ class ModelServer:
                 self._answer(job, sender, jobs, logits, None)
 
 
+def failure_note(path: str | Path) -> Path:
+    """Beside the socket: why the model process at ``path`` could not start, for its fronts to
+    answer with while it does not listen (a pod's ``/ping`` 503 instead of "loading")."""
+    return Path(f"{path}.failed")
+
+
 async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event | None = None) -> None:
     """Run ``host``'s engine and serve it on the Unix socket ``path`` until the engine stops (or
     this is cancelled); the socket exists only while the engine serves. ``ready`` is set once it
@@ -150,6 +156,7 @@ async def serve_model(host: EngineHost, path: str | Path, *, ready: anyio.Event 
             log.error("model_process_unavailable", error=str(err))
             return
         path.unlink(missing_ok=True)  # a socket left by a process that died
+        failure_note(path).unlink(missing_ok=True)  # an earlier start's failure is over
         server = ModelServer(served, host.metrics.registry if host.metrics is not None else None)
         try:
             # Only this user may connect: a front can submit jobs without the pod's API key.
@@ -174,6 +181,7 @@ def run(settings: Settings, path: str, *, model: NliModel | None = None) -> int:
     host = EngineHost(settings, model=model, metrics=metrics)
     host.preload()
     if host.failure is not None:
+        failure_note(path).write_text(host.failure.message, encoding="utf-8")
         return 1
 
     async def main() -> None:

@@ -18,7 +18,11 @@ import anyio
 from batching import Unavailable
 from worker.model import NliModel
 from worker.settings import Settings
+from worker.split.model_process import failure_note
 from worker.split.remote_engine import RemoteEngine
+
+ASK_TIMEOUT_S = 5.0
+"""How long ``/health`` and ``/metrics`` wait for the model process's answer before leaving it out."""
 
 
 class RemoteHost:
@@ -43,9 +47,16 @@ class RemoteHost:
 
     @property
     def failure(self) -> Unavailable | None:
-        """Why jobs cannot be sent now; None while the first connection is still awaited."""
+        """Why jobs cannot be sent now; None while the first connection is still awaited and
+        the model process has not said it failed to start."""
         if self._engine is not None and not self._engine.connected:
             return self._engine.unavailable
+        if self._failure is None and self._engine is None:
+            try:
+                why = failure_note(self.path).read_text(encoding="utf-8")
+            except OSError:
+                return None
+            return Unavailable(f"the model process failed to start: {why}")
         return self._failure
 
     async def serve(self) -> None:
@@ -91,21 +102,25 @@ class RemoteHost:
         engine = self.engine
         if engine is None:
             return None
-        try:
-            pong = await engine.sync()
-        except Unavailable:
-            return None
-        return pong.queued_pairs, pong.queued_tokens
+        with anyio.move_on_after(ASK_TIMEOUT_S):
+            try:
+                pong = await engine.sync()
+            except Unavailable:
+                return None
+            return pong.queued_pairs, pong.queued_tokens
+        return None
 
     async def scrape(self) -> bytes | None:
         """The model process's metrics (OpenMetrics' text); None while it is not connected."""
         engine = self.engine
         if engine is None:
             return None
-        try:
-            return await engine.scrape()
-        except Unavailable:
-            return None
+        with anyio.move_on_after(ASK_TIMEOUT_S):
+            try:
+                return await engine.scrape()
+            except Unavailable:
+                return None
+        return None
 
     def _events(self) -> tuple[anyio.Event, anyio.Event]:
         if self._ready is None or self._stop is None:
