@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -26,13 +28,20 @@ def slow_burst(jobs: int) -> list[dict]:
     return [{"operation": "classify_batch", "headlines": [f"{j}.{i} {LONG}" for i in range(32)]} for j in range(jobs)]
 
 
-def fronts(run_dir: str, headers: dict[str, str]) -> list[httpx.AsyncClient]:
-    """A client on each front's own socket: a request there is answered as if it came to the port."""
-    return [
+@asynccontextmanager
+async def fronts(lines: list[dict], headers: dict[str, str]) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """A client on each front's own socket (a request there is answered as if it came to the
+    port), once each front is ready: the pod's port answers 200 as soon as one is."""
+    run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
+    clients = [
         httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=f"{run_dir}/front-{front}.sock"),
                           base_url="http://pod", headers=headers, timeout=30)  # fmt: skip
         for front in range(2)
     ]
+    async with clients[0], clients[1]:
+        for client in clients:
+            await wait_until_ready(client)
+        yield clients
 
 
 def started(lines: list[dict], process: str) -> int:
@@ -58,9 +67,7 @@ async def test_every_front_answers_for_every_job_and_the_pod_is_counted_whole(
     lines: list[dict] = []
     with anyio.fail_after(120):
         async with pod_process(tmp_path, lines, {"API_KEY": "k3y"}, *FRONTS) as (process, reader, client):
-            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
-            front_0, front_1 = fronts(run_dir, key)
-            async with front_0, front_1:
+            async with fronts(lines, key) as (front_0, front_1):
                 ids = [(await each.post("/run", json={"input": job}, headers=key)).json()["id"]
                        for each, (_, job) in zip([front_0, front_1] * 9, jobs)]  # fmt: skip
                 busy = [(await front_1.post("/run", json={"input": job})).json()["id"] for job in slow_burst(10)]
@@ -97,9 +104,7 @@ async def test_sigterm_mid_burst_drains_every_front_then_stops_the_model(tmp_pat
     lines: list[dict] = []
     with anyio.fail_after(150):
         async with pod_process(tmp_path, lines, {"DRAIN_TIMEOUT_S": "120"}, *FRONTS) as (process, reader, client):
-            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
-            front_0, front_1 = fronts(run_dir, {})
-            async with front_0, front_1:
+            async with fronts(lines, {}) as (front_0, front_1):
                 ids = [(await each.post("/run", json={"input": job})).json()["id"]
                        for each, job in zip([front_0, front_1] * 4, slow_burst(8))]  # fmt: skip
                 process.send_signal(signal.SIGTERM)
@@ -121,9 +126,7 @@ async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) 
     lines: list[dict] = []
     with anyio.fail_after(150):
         async with pod_process(tmp_path, lines, {}, *FRONTS) as (process, reader, client):
-            run_dir = next(line["run_dir"] for line in lines if line["event"] == "pod_listening")
-            front_0, front_1 = fronts(run_dir, {})
-            async with front_0, front_1:
+            async with fronts(lines, {}) as (front_0, front_1):
                 await reader.until(lambda line: line.get("process") == "front-1", lines)  # every pid is known
                 ids = [(await front_0.post("/run", json={"input": job})).json()["id"] for job in slow_burst(6)]
                 os.kill(started(lines, "model"), signal.SIGKILL)

@@ -13,6 +13,7 @@ import anyio.abc
 from loadtest.chaos.inproc import cancel_storm, deadlines, out_of_memory, overload, poison_pair
 from loadtest.chaos.ledger import ScenarioReport, healthy, table
 from loadtest.chaos.loopback import http_overload, soak
+from loadtest.chaos.processes import process_restarts
 from loadtest.chaos.restart import worker_restart
 from worker.model import NliModel
 
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, Callable[[NliModel], Awaitable[ScenarioReport]]] = {
     "http-overload": http_overload,
     "soak": soak,
     "restart": worker_restart,
+    "process-restarts": process_restarts,
 }
 
 

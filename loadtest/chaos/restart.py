@@ -4,6 +4,7 @@ again, its callers retrying through ``burst_nli_client``."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -174,10 +175,12 @@ def _same_headlines(job_input: dict[str, Any], output: Any) -> bool:
 
 class PodProcess:
     """``python -m worker pod`` on a fixed loopback port in its own process group, logging to
-    ``log_dir/pod-<n>.log``; ``starts`` counts its lives (1 for the first)."""
+    ``log_dir/pod-<n>.log``; ``starts`` counts its lives (1 for the first). With
+    ``front_processes``, a pod of that many fronts and a model process (``--front-processes``)."""
 
-    def __init__(self, model: NliModel, port: int, log_dir: Path) -> None:
+    def __init__(self, model: NliModel, port: int, log_dir: Path, front_processes: int | None = None) -> None:
         self.model_name = model.name
+        self.front_processes = front_processes
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_dir = log_dir
@@ -197,6 +200,8 @@ class PodProcess:
         )  # fmt: skip
         self.starts += 1
         command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.front_processes:
+            command += ["--front-processes", str(self.front_processes)]
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.process = await anyio.open_process(
                 command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -216,6 +221,14 @@ class PodProcess:
                 except ClientError:
                     pass  # not listening yet
                 await anyio.sleep(0.05)  # another process's readiness: nothing to wait on but its port
+
+    def kill_child(self, name: str) -> None:
+        """SIGKILL one process of a pod of several, by the name its supervisor logged it under
+        (``model``, ``front-0``, ...): the newest one of that name."""
+        started = [json.loads(line) for line in self.log_path.read_text().splitlines() if '"pod_process_started"' in line]
+        pid = [line["pid"] for line in started if line.get("process") == name][-1]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL its process group now: a crash, no graceful shutdown."""

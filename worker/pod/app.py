@@ -202,7 +202,9 @@ class PodApp:
             return None
         answer = await self.peers.relay(request, front)
         if answer is None:
-            raise NoSuchResource(f"no job {job_id[:64]!r}: the front process that took it has stopped")
+            raise NoSuchResource(
+                f"no job {job_id[:64]!r}: the front process that took it has stopped (or does not answer)"
+            )
         return answer
 
     async def submit(self, request: Request) -> JobRecord:

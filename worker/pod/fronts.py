@@ -133,7 +133,9 @@ def serve_fronts(
     log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None, front_processes=fronts,
              auth=settings.api_key is not None, record=record, run_dir=str(run_dir))  # fmt: skip
     received: list[int] = []
-    handlers = {sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {
+        sig: signal.signal(sig, lambda signum, _: received.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         while not received:
             now = time.monotonic()

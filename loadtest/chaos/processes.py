@@ -1,0 +1,115 @@
+"""The process-restart scenario: a pod of two front processes and a model process
+(``python -m worker pod --front-processes 2``) whose model process, then one front, is SIGKILLed
+mid-load and started again by the pod's supervisor, its callers on ``burst_nli_client``."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+
+from burst_nli_client import REFUSED_STATUSES, ConnectionFailed, HttpError, SubmissionUncertain
+from loadtest.chaos.ledger import Ledger, ScenarioReport, classify_inputs, run_all
+from loadtest.chaos.loopback import http_client, paced, still_serves_http
+from loadtest.chaos.restart import (
+    RESTART_RETRY,
+    PodProcess,
+    _counting_session,
+    _free_port,
+    _same_headlines,
+    _wait_through_restart,
+)
+from loadtest.headlines import headlines
+from schemas import Limits
+from worker.model import NliModel
+
+
+async def process_restarts(
+    model: NliModel, jobs: int = 300, jobs_per_s: float = 30.0, seed: int = 9, log_dir: str | Path | None = None
+) -> ScenarioReport:
+    """Scenario 9: a pod of two fronts as a real process tree, on a loopback port. Its model
+    process is SIGKILLed a third of the way in (right after the pod accepts a 640-pair job), front
+    1 two thirds of the way in; the supervisor starts each again. Jobs arrive at ``jobs_per_s``.
+
+    Callers do what scenario 8's do (the client retries what is safe; ``SubmissionUncertain``
+    and a 404 for a job the dead front held are resubmitted), and resubmit a job that ended
+    FAILED ``unavailable``: it was in flight when the model process died, and says so. Every
+    job must still complete, with its own output; the pod stays one port throughout.
+    """
+    report = ScenarioReport("process restarts")
+    inputs = classify_inputs(jobs, seed)
+    kill_model_at, kill_front_at = jobs // 3, 2 * jobs // 3
+    pool = headlines()
+    inputs[kill_model_at] = {
+        "operation": "classify_batch",
+        "headlines": [pool[i % len(pool)] for i in range(Limits().max_headlines_per_job)],
+    }
+    counts: Counter[str] = Counter()
+    kills = {kill_model_at: "model", kill_front_at: "front-1"}
+    with contextlib.ExitStack() as stack:
+        if log_dir is None:
+            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="burst-nli-processes-"))
+        pod = PodProcess(model, _free_port(), Path(log_dir), front_processes=2)
+        async with _counting_session(counts) as session, http_client(
+            pod.base_url, retry=RESTART_RETRY, session=session
+        ) as client:
+            try:
+                await pod.start()
+                await pod.wait_ready(client)
+
+                async def one(index: int, ledger: Ledger) -> None:
+                    sent = time.perf_counter()
+                    while True:
+                        try:
+                            job = await client.run(inputs[index])
+                        except SubmissionUncertain:  # sent, then the connection died: resubmit
+                            counts["uncertain_resubmitted"] += 1
+                            continue
+                        except ConnectionFailed:
+                            counts["unreachable_resubmitted"] += 1
+                            continue
+                        except HttpError as err:
+                            if err.status in REFUSED_STATUSES:  # 503 while the model process restarts
+                                counts["refused_resubmitted"] += 1
+                                continue
+                            ledger.end(index, f"http_{err.status}")
+                            return
+                        if (name := kills.pop(index, None)) is not None:
+                            pod.kill_child(name)  # dies holding this job and whatever else it had
+                            counts[f"killed_{name}"] += 1
+                        state, output = await _wait_through_restart(job)
+                        if state == "lost":  # its front died with it: resubmit
+                            counts["lost_with_front"] += 1
+                            continue
+                        if state == "unavailable":  # in flight when the model process died: resubmit
+                            counts["failed_unavailable_resubmitted"] += 1
+                            continue
+                        if state == "completed":
+                            report.latencies_s.append(time.perf_counter() - sent)
+                            report.wrong += not _same_headlines(inputs[index], output)
+                        ledger.end(index, state)
+                        return
+
+                await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
+                await pod.wait_ready(client)
+                report.figures.update(await still_serves_http(client))
+            finally:
+                await pod.stop()
+        died = [line for line in pod.log_path.read_text().splitlines() if '"pod_process_died"' in line]
+    report.figures = {
+        "model_killed": counts["killed_model"],
+        "front_killed": counts["killed_front-1"],
+        "restarts_logged": len(died),
+        "failed_unavailable_resubmitted": counts["failed_unavailable_resubmitted"],
+        "lost_with_front": counts["lost_with_front"],
+        "uncertain_resubmitted": counts["uncertain_resubmitted"],
+        "unreachable_resubmitted": counts["unreachable_resubmitted"],
+        "refused_resubmitted": counts["refused_resubmitted"],
+        "http_503_seen": counts["http_503"],
+        **report.figures,
+    }
+    return report
