@@ -31,7 +31,7 @@ from worker.model import NliModel
 async def process_restarts(
     model: NliModel, jobs: int = 300, jobs_per_s: float = 30.0, seed: int = 9, log_dir: str | Path | None = None
 ) -> ScenarioReport:
-    """Scenario 9: a pod of two fronts as a real process tree, on a loopback port. Its model
+    """Scenario 13: a pod of two fronts as a real process tree, on a loopback port. Its model
     process is SIGKILLed a third of the way in (right after the pod accepts a 640-pair job), front
     1 two thirds of the way in; the supervisor starts each again. Jobs arrive at ``jobs_per_s``.
 

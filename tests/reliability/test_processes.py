@@ -1,4 +1,4 @@
-"""Scenario 9, process restarts: a pod of two front processes and a model process
+"""Scenario 13, process restarts: a pod of two front processes and a model process
 (``--front-processes 2``), its model process and then a front SIGKILLed mid-load and started again
 by the pod's supervisor, with callers on ``burst_nli_client``.
 
