@@ -38,6 +38,8 @@ class BatchTotals:
     idle_gap_s: float = 0.0
     cpu_s: float = 0.0
     """The serving process's CPU time, all threads (in ticks of the kernel's clock: 10 ms)."""
+    all_cpu_s: float = 0.0
+    """In a pod of several processes, every process's CPU time (fronts, model process)."""
 
     def __sub__(self, before: BatchTotals) -> BatchTotals:
         return BatchTotals(*(getattr(self, name) - getattr(before, name) for name in self.__slots__))
@@ -53,18 +55,23 @@ class BatchTotals:
             "busy": round(self.compute_s / wall_s, 3) if wall_s and batches else None,
             "idle_gap_ms": round(self.idle_gap_s * 1000, 1) if batches else None,
             "cpu_us_a_job": round(self.cpu_s / jobs * 1e6, 1) if jobs and self.cpu_s else None,
+            "all_cpu_us_a_job": round(self.all_cpu_s / jobs * 1e6, 1) if jobs and self.all_cpu_s else None,
         }
 
 
 def totals_of(families: Iterable[Metric], process: str | None = None) -> BatchTotals:
-    """``process``: only the samples of that process of a pod of several (its ``process`` label)."""
+    """``process``: only the samples of that process of a pod of several (its ``process`` label);
+    every process's CPU is summed apart."""
     values = {field: 0.0 for field in _SAMPLES.values()}
+    all_cpu_s = 0.0
     for family in families:
         for sample in family.samples:
             field = _SAMPLES.get(sample.name)
             if field is not None and (process is None or sample.labels.get("process") == process):
                 values[field] += sample.value
-    return BatchTotals(**values)
+            if process is not None and sample.name == "process_cpu_seconds_total":
+                all_cpu_s += sample.value
+    return BatchTotals(**values, all_cpu_s=all_cpu_s)
 
 
 def registry_totals(registry: CollectorRegistry) -> BatchTotals:

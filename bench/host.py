@@ -17,7 +17,7 @@ slept), under the GPU's batch budget, on any machine:
   divided by its jobs; one process can feed a GPU at most 1 / that many jobs a second, however
   many cores the host has (docs/PROCESSES.md). In the split rows it and the batch columns are
   the model process's (its ``METRICS_PORT``, or the ``process="model"`` series of a pod of
-  several): the fronts are the part that scales with cores;
+  several, beside every process's together): the fronts are the part that scales with cores;
 - the pod of 1 and of 2 front processes (``--front-processes``) beside the pod in one process.
 Writes ``host.json`` and ``host.md`` under ``--out`` and prints the tables.
 """
@@ -193,16 +193,16 @@ def stages_table(costs: dict[str, float]) -> str:
 
 def rows_table(rows: list[dict]) -> str:
     head = ("| way | burst jobs | burst ms | µs a job | burst p99 ms | batches | mean batch | sustained jobs/s "
-            "| sustained pairs/s | server CPU µs a job | busy | idle p50 ms |")
-    lines = [head, "|" + "---|" * 12]
+            "| sustained pairs/s | server CPU µs a job | every process's CPU µs a job | busy | idle p50 ms |")
+    lines = [head, "|" + "---|" * 13]
     for row in rows:
         burst, sustained, idle = row["burst"], row["sustained"], row["idle"]
         per_job = burst["wall_ms"] * 1000 / burst["jobs"] if burst["jobs"] else None
         cells = [row["way"] + (" (failures)" if burst["failed"] or sustained["failed"] else ""), burst["jobs"],
                  burst["wall_ms"], f"{per_job:.0f}" if per_job else None, burst["p99_ms"], burst.get("batches"),
                  burst.get("mean_batch_pairs"), f"{sustained['jobs_per_s']:,.0f}",
-                 f"{sustained['pairs_per_s']:,.0f}", sustained.get("cpu_us_a_job"), sustained.get("busy"),
-                 idle["p50_ms"]]
+                 f"{sustained['pairs_per_s']:,.0f}", sustained.get("cpu_us_a_job"),
+                 sustained.get("all_cpu_us_a_job"), sustained.get("busy"), idle["p50_ms"]]
         lines.append("| " + " | ".join("" if cell is None else str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 
 from batching import Unavailable
+from worker.engine import tune_garbage_collector
 from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.model_process import failure_note
@@ -64,9 +65,9 @@ class RemoteHost:
         connection until ``stop``."""
         ready, stop = self._events()
         try:
-            async with RemoteEngine.connect(
-                self.settings, self.path, model=self._model, connect_timeout_s=math.inf
-            ) as engine:
+            head = self._model or NliModel.load_head(self.settings.model_name)
+            tune_garbage_collector()  # as EngineHost does once its model is warm, before any job
+            async with RemoteEngine.connect(self.settings, self.path, model=head, connect_timeout_s=math.inf) as engine:
                 self._engine = engine
                 ready.set()
                 await stop.wait()
