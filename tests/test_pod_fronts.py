@@ -9,7 +9,9 @@ is checked whichever front the kernel would have chosen.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -95,6 +97,9 @@ async def test_every_front_answers_for_every_job_and_the_pod_is_counted_whole(
     assert told_to_stay_local.json()["jobs"] == health[0]["jobs"]  # the relay header counts only between fronts
     assert jobs_total(scrape) == {"front-0": 9, "front-1": 9 + len(busy)}  # each front counts its own
     assert "process=\"model\"" in scrape and "nli_batch_pairs_count{process=\"model\"}" in scrape
+    if shutil.which("promtool") or os.environ.get("BURST_NLI_REQUIRE_PROMETHEUS"):  # Prometheus' own linter
+        lint = subprocess.run(["promtool", "check", "metrics"], input=scrape, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     assert purged == {"removed": 0, "status": "completed"}
     assert unknown.status_code == 404 and "no job" in unknown.json()["error"]
     assert unauthorised.status_code == 401  # a front's own socket asks for the key too
@@ -132,6 +137,7 @@ async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) 
                 os.kill(started(lines, "model"), signal.SIGKILL)
                 failed = await poll_until_done(front_1, ids)
                 ping = await front_0.get("/ping")
+                down = (await front_1.get("/metrics")).text
                 await wait_until_ready(front_0)  # the model process was started again, and both fronts
                 await wait_until_ready(front_1)  # connected to it
                 served = (await front_0.post("/runsync", json={"input": slow_burst(1)[0]})).json()
@@ -147,6 +153,7 @@ async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) 
         assert failed[job_id]["status"] == "FAILED"
         assert failed[job_id]["error"] == "unavailable: the model process stopped"
     assert ping.status_code == 503  # the load balancer stops sending until the model is back
+    assert 'nli_model_ready{process="model"} 0.0' in down  # an alert on it fires, as for one process
     assert served["status"] == kept["status"] == "COMPLETED"
     assert lost.status_code == 404 and "the front process that took it has stopped" in lost.json()["error"]
     assert still.json()["status"] == "COMPLETED"  # a front that goes takes only its own jobs

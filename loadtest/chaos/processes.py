@@ -4,25 +4,13 @@ mid-load and started again by the pod's supervisor, its callers on ``burst_nli_c
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import anyio
-
-from burst_nli_client import REFUSED_STATUSES, ConnectionFailed, HttpError, SubmissionUncertain
 from loadtest.chaos.ledger import Ledger, ScenarioReport, classify_inputs, run_all
-from loadtest.chaos.loopback import http_client, paced, still_serves_http
-from loadtest.chaos.restart import (
-    RESTART_RETRY,
-    PodProcess,
-    _counting_session,
-    _free_port,
-    _same_headlines,
-    _wait_through_restart,
-)
+from loadtest.chaos.loopback import paced, still_serves_http
+from loadtest.chaos.restart import same_headlines, wait_through_restart, pod_under_test, submit_until_taken
 from loadtest.headlines import headlines
 from schemas import Limits
 from worker.model import NliModel
@@ -50,55 +38,35 @@ async def process_restarts(
     }
     counts: Counter[str] = Counter()
     kills = {kill_model_at: "model", kill_front_at: "front-1"}
-    with contextlib.ExitStack() as stack:
-        if log_dir is None:
-            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="burst-nli-processes-"))
-        pod = PodProcess(model, _free_port(), Path(log_dir), front_processes=2)
-        async with _counting_session(counts) as session, http_client(
-            pod.base_url, retry=RESTART_RETRY, session=session
-        ) as client:
-            try:
-                await pod.start()
-                await pod.wait_ready(client)
+    pod_of_fronts = pod_under_test(model, log_dir, counts, prefix="burst-nli-processes-", front_processes=2)
+    async with pod_of_fronts as (pod, client):
 
-                async def one(index: int, ledger: Ledger) -> None:
-                    sent = time.perf_counter()
-                    while True:
-                        try:
-                            job = await client.run(inputs[index])
-                        except SubmissionUncertain:  # sent, then the connection died: resubmit
-                            counts["uncertain_resubmitted"] += 1
-                            continue
-                        except ConnectionFailed:
-                            counts["unreachable_resubmitted"] += 1
-                            continue
-                        except HttpError as err:
-                            if err.status in REFUSED_STATUSES:  # 503 while the model process restarts
-                                counts["refused_resubmitted"] += 1
-                                continue
-                            ledger.end(index, f"http_{err.status}")
-                            return
-                        if (name := kills.pop(index, None)) is not None:
-                            pod.kill_child(name)  # dies holding this job and whatever else it had
-                            counts[f"killed_{name}"] += 1
-                        state, output = await _wait_through_restart(job)
-                        if state == "lost":  # its front died with it: resubmit
-                            counts["lost_with_front"] += 1
-                            continue
-                        if state == "unavailable":  # in flight when the model process died: resubmit
-                            counts["failed_unavailable_resubmitted"] += 1
-                            continue
-                        if state == "completed":
-                            report.latencies_s.append(time.perf_counter() - sent)
-                            report.wrong += not _same_headlines(inputs[index], output)
-                        ledger.end(index, state)
-                        return
+        async def one(index: int, ledger: Ledger) -> None:
+            sent = time.perf_counter()
+            while True:
+                job = await submit_until_taken(client, inputs[index], counts)
+                if isinstance(job, str):
+                    ledger.end(index, job)
+                    return
+                if (name := kills.pop(index, None)) is not None:
+                    pod.kill_child(name)  # dies holding this job and whatever else it had
+                    counts[f"killed_{name}"] += 1
+                state, output = await wait_through_restart(job)
+                if state == "lost":  # its front died with it: resubmit
+                    counts["lost_with_front"] += 1
+                    continue
+                if state == "unavailable":  # in flight when the model process died: resubmit
+                    counts["failed_unavailable_resubmitted"] += 1
+                    continue
+                if state == "completed":
+                    report.latencies_s.append(time.perf_counter() - sent)
+                    report.wrong += not same_headlines(inputs[index], output)
+                ledger.end(index, state)
+                return
 
-                await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
-                await pod.wait_ready(client)
-                report.figures.update(await still_serves_http(client))
-            finally:
-                await pod.stop()
+        await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
+        await pod.wait_ready(client)
+        report.figures.update(await still_serves_http(client))
         died = [line for line in pod.log_path.read_text().splitlines() if '"pod_process_died"' in line]
     report.figures = {
         "model_killed": counts["killed_model"],

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,69 +71,48 @@ async def worker_restart(
     }
     counts: Counter[str] = Counter()
     killed, restarted = anyio.Event(), anyio.Event()
-    with contextlib.ExitStack() as stack:
-        if log_dir is None:
-            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="burst-nli-restart-"))
-        pod = PodProcess(model, _free_port(), Path(log_dir))
-        async with _counting_session(counts) as session, http_client(
-            pod.base_url, retry=RESTART_RETRY, session=session
-        ) as client:
-            try:
-                await pod.start()
-                await pod.wait_ready(client)
+    async with pod_under_test(model, log_dir, counts, prefix="burst-nli-restart-") as (pod, client):
 
-                async def one(index: int, ledger: Ledger) -> None:
-                    sent = time.perf_counter()
-                    while True:
-                        try:
-                            job = await client.run(inputs[index])
-                        except SubmissionUncertain:  # sent, then the connection died: resubmit
-                            counts["uncertain_resubmitted"] += 1
-                            continue
-                        except ConnectionFailed:  # never reached a server, after the client's retries
-                            counts["unreachable_resubmitted"] += 1
-                            continue
-                        except HttpError as err:
-                            if err.status in REFUSED_STATUSES:  # refused (503 loading) to the client's last try
-                                counts["refused_resubmitted"] += 1
-                                continue
-                            ledger.end(index, f"http_{err.status}")
-                            return
-                        generation = pod.starts
-                        counts[f"accepted_by_process_{generation}"] += 1
-                        if index == kill_at and not killed.is_set():
-                            pod.kill()  # the worker dies holding this job and whatever else it had
-                            killed.set()
-                        state, output = await _wait_through_restart(job)
-                        if state == "lost":
-                            counts["lost_with_worker"] += 1  # 404 from the new process: resubmit
-                            continue
-                        if state == "completed":
-                            report.latencies_s.append(time.perf_counter() - sent)
-                            counts[f"completed_by_process_{generation}"] += 1
-                            report.wrong += not _same_headlines(inputs[index], output)
-                        ledger.end(index, state)
-                        return
+        async def one(index: int, ledger: Ledger) -> None:
+            sent = time.perf_counter()
+            while True:
+                job = await submit_until_taken(client, inputs[index], counts)
+                if isinstance(job, str):
+                    ledger.end(index, job)
+                    return
+                generation = pod.starts
+                counts[f"accepted_by_process_{generation}"] += 1
+                if index == kill_at and not killed.is_set():
+                    pod.kill()  # the worker dies holding this job and whatever else it had
+                    killed.set()
+                state, output = await wait_through_restart(job)
+                if state == "lost":
+                    counts["lost_with_worker"] += 1  # 404 from the new process: resubmit
+                    continue
+                if state == "completed":
+                    report.latencies_s.append(time.perf_counter() - sent)
+                    counts[f"completed_by_process_{generation}"] += 1
+                    report.wrong += not same_headlines(inputs[index], output)
+                ledger.end(index, state)
+                return
 
-                async def restart() -> None:
-                    await killed.wait()
-                    down = time.perf_counter()
-                    await pod.wait_exit()
-                    await pod.start()
-                    await pod.wait_ready(client)
-                    report.figures["downtime_s"] = round(time.perf_counter() - down, 2)
-                    restarted.set()
+        async def restart() -> None:
+            await killed.wait()
+            down = time.perf_counter()
+            await pod.wait_exit()
+            await pod.start()
+            await pod.wait_ready(client)
+            report.figures["downtime_s"] = round(time.perf_counter() - down, 2)
+            restarted.set()
 
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(restart)
-                    await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
-                    tg.cancel_scope.cancel()
-                if restarted.is_set():
-                    report.figures.update(await still_serves_http(client))
-                else:
-                    report.figures.update(serves_after=False)
-            finally:
-                await pod.stop()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart)
+            await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
+            tg.cancel_scope.cancel()
+        if restarted.is_set():
+            report.figures.update(await still_serves_http(client))
+        else:
+            report.figures.update(serves_after=False)
     report.figures = {
         "accepted_by_killed": counts["accepted_by_process_1"],
         "completed_before_kill": counts["completed_by_process_1"],
@@ -147,7 +128,46 @@ async def worker_restart(
     return report
 
 
-async def _wait_through_restart(job: SubmittedJob) -> tuple[str, Any]:
+@asynccontextmanager
+async def pod_under_test(
+    model: NliModel, log_dir: str | Path | None, counts: Counter[str], *, prefix: str,
+    front_processes: int | None = None,
+) -> AsyncIterator[tuple[PodProcess, Client]]:  # fmt: skip
+    """A started ``PodProcess`` that serves, and a client of it retrying as ``RESTART_RETRY``
+    says, counting failed requests and 503s in ``counts``; the pod is killed on the way out.
+    ``log_dir`` keeps its logs (a temporary directory otherwise)."""
+    with contextlib.ExitStack() as stack:
+        if log_dir is None:
+            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+        pod = PodProcess(model, _free_port(), Path(log_dir), front_processes)
+        async with _counting_session(counts) as session, http_client(
+            pod.base_url, retry=RESTART_RETRY, session=session
+        ) as client:
+            try:
+                await pod.start()
+                await pod.wait_ready(client)
+                yield pod, client
+            finally:
+                await pod.stop()
+
+
+async def submit_until_taken(client: Client, job_input: dict[str, Any], counts: Counter[str]) -> SubmittedJob | str:
+    """Submit a job as a caller who resubmits what the client could not vouch for: the job once a
+    server has taken it, or how it ended (``http_<status>``) when it was refused for good."""
+    while True:
+        try:
+            return await client.run(job_input)
+        except SubmissionUncertain:  # sent, then the connection died: resubmit
+            counts["uncertain_resubmitted"] += 1
+        except ConnectionFailed:  # never reached a server, after the client's retries
+            counts["unreachable_resubmitted"] += 1
+        except HttpError as err:
+            if err.status not in REFUSED_STATUSES:
+                return f"http_{err.status}"
+            counts["refused_resubmitted"] += 1  # refused (503 while loading) to the client's last try
+
+
+async def wait_through_restart(job: SubmittedJob) -> tuple[str, Any]:
     """Wait for a job across a restart: ``("completed", output)``, its end, or ``("lost", None)``
     when the server answering now has never heard of it."""
     while True:
@@ -164,7 +184,7 @@ async def _wait_through_restart(job: SubmittedJob) -> tuple[str, Any]:
         return "completed", status.output
 
 
-def _same_headlines(job_input: dict[str, Any], output: Any) -> bool:
+def same_headlines(job_input: dict[str, Any], output: Any) -> bool:
     """The output answers this job's headline(s), not another's."""
     if not isinstance(output, dict):
         return False
@@ -225,7 +245,8 @@ class PodProcess:
     def kill_child(self, name: str) -> None:
         """SIGKILL one process of a pod of several, by the name its supervisor logged it under
         (``model``, ``front-0``, ...): the newest one of that name."""
-        started = [json.loads(line) for line in self.log_path.read_text().splitlines() if '"pod_process_started"' in line]
+        lines = self.log_path.read_text().splitlines()
+        started = [json.loads(line) for line in lines if '"pod_process_started"' in line]
         pid = [line["pid"] for line in started if line.get("process") == name][-1]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -46,7 +46,7 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
 from worker.pod.peers import Peers, is_relayed
-from worker.pod.pod_metrics import MODEL, OPENMETRICS, Families, merge, parse
+from worker.pod.pod_metrics import MODEL, OPENMETRICS, Families, merge, not_ready, parse
 from worker.pod.requests import read_body
 from worker.pod.routes import build_app
 from worker.pod.webhooks import WebhookSender, check_webhook
@@ -352,9 +352,9 @@ class PodApp:
         answers = await self.peers.ask_others(request, "GET", "/metrics", accept=OPENMETRICS)
         for front, text in answers.items():
             parts[f"front-{front}"] = parse(text)
-        model = await self.host.scrape() if isinstance(self.host, RemoteHost) else None
         ordered = [(name, parts[name]) for name in sorted(parts, key=lambda name: int(name.removeprefix("front-")))]
-        return Families(merge([*ordered, (MODEL, parse(model))] if model is not None else ordered))
+        model = await self.host.scrape() if isinstance(self.host, RemoteHost) else None
+        return Families(merge([*ordered, (MODEL, parse(model) if model is not None else not_ready())]))
 
 
 _COUNTS = {

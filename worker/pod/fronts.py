@@ -30,7 +30,7 @@ import structlog
 from schemas.trace import TraceRecorder
 from worker.pod.app import PodApp
 from worker.pod.peers import Peers, front_socket
-from worker.pod.serving import _url, listen, run_pod
+from worker.pod.serving import listen, run_pod, url_of
 from worker.settings import Settings
 from worker.split.remote_host import RemoteHost
 
@@ -129,7 +129,7 @@ def serve_fronts(
         ], pass_fds=fds)  # fmt: skip
         for front in range(fronts)
     ]
-    urls = [_url(sock) for sock in sockets]
+    urls = [url_of(sock) for sock in sockets]
     log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None, front_processes=fronts,
              auth=settings.api_key is not None, record=record, run_dir=str(run_dir))  # fmt: skip
     received: list[int] = []

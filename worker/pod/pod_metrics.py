@@ -6,20 +6,20 @@ in OpenMetrics' text format and merges them by family. A series is taken from th
 keep it: the job series (``FRONT_SERIES``) from the fronts, every other ``nli_`` series (batches,
 the queue, the model) from the model process, and each process's own ``process_*`` and
 ``python_*`` series from all. Sums over ``process`` give what one process's series would.
+While the model process does not answer, its part is ``nli_model_ready`` 0 alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_text
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Sample
 
-__all__ = ["FRONT_SERIES", "MODEL", "OPENMETRICS", "Families", "merge", "openmetrics_text", "parse"]
+__all__ = ["FRONT_SERIES", "MODEL", "OPENMETRICS", "Families", "merge", "not_ready", "parse"]
 
 MODEL = "model"
 """The model process's ``process`` label; a front's is ``front-<number>``."""
@@ -32,6 +32,12 @@ FRONT_SERIES = frozenset(
 def parse(text: bytes) -> list[Metric]:
     """Families from OpenMetrics' text format (what another process of the pod answers)."""
     return list(text_string_to_metric_families(text.decode()))
+
+
+def not_ready() -> list[Metric]:
+    """The model process's part while it does not answer (stopped, restarting): ``nli_model_ready``
+    0, so an alert on it fires as it would for one process whose model is down."""
+    return [GaugeMetricFamily("nli_model_ready", "1 while the model serves jobs, else 0.", value=0)]
 
 
 def merge(parts: Sequence[tuple[str, Iterable[Metric]]]) -> list[Metric]:

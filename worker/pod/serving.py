@@ -53,7 +53,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
+def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -129,7 +129,7 @@ def serve(
         for sock in sockets:
             sock.close()
         return 2
-    urls = [_url(sock) for sock in sockets]  # the ports bound (port 0: the one the system chose)
+    urls = [url_of(sock) for sock in sockets]  # the ports bound (port 0: the one the system chose)
     log.info("pod_listening", url=urls[0], health_url=urls[1] if health_port else None,
              auth=settings.api_key is not None, record=record)  # fmt: skip
     try:
