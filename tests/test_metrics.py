@@ -89,3 +89,44 @@ async def test_build_process_and_budget_series_are_in_the_workers_registry(tiny_
     assert value(metrics, "process_resident_memory_bytes") > 0
     assert value(metrics, "process_cpu_seconds_total") > 0
     assert Metrics(CollectorRegistry()).registry is not None  # a second worker's registry takes the same collectors
+
+
+def test_a_pod_of_several_processes_counts_each_series_once_labelled_by_its_process() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from worker.pod.pod_metrics import MODEL, Families, merge, not_ready, parse
+
+    fronts = [Metrics(CollectorRegistry()) for _ in range(2)]
+    model = Metrics(CollectorRegistry())
+    for front, jobs in zip(fronts, (3, 5)):
+        for _ in range(jobs):
+            front.observe_job("classify", "completed", 0.01)
+    model.batch_pairs.observe(8)
+    model.model_ready.set(1)
+    parts = [("front-0", fronts[0].registry.collect()), ("front-1", parse(openmetrics(fronts[1].registry))),
+             (MODEL, parse(openmetrics(model.registry)))]  # fmt: skip
+    samples: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(generate_latest(Families(merge(parts))).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[sample.labels["process"]] = sample.value
+    assert samples["nli_jobs_total"] == {"front-0": 3, "front-1": 5}  # the fronts keep the job series
+    assert samples["nli_batch_pairs_count"] == {"model": 1}  # the model process keeps the batch series
+    assert samples["nli_model_ready"] == {"model": 1}  # not the fronts' idle copies, which read 0
+    assert set(samples["process_cpu_seconds_total"]) == {"front-0", "front-1", "model"}  # each its own
+    assert samples["nli_queue_pairs"] == {"model": 0}
+    down = merge([("front-0", fronts[0].registry.collect()), (MODEL, not_ready())])
+    ready = [s for family in down if family.name == "nli_model_ready" for s in family.samples]
+    assert [(s.labels, s.value) for s in ready] == [({"process": "model"}, 0)]  # an alert on it fires
+
+
+def test_a_job_id_names_the_front_that_holds_it() -> None:
+    from worker.pod.peers import Peers
+
+    peers = Peers(front=0, fronts=3, run_dir="/nonexistent")
+    mine, theirs = peers.new_job_id(), Peers(front=2, fronts=3, run_dir="/nonexistent").new_job_id()
+    assert mine.startswith("0-") and theirs.startswith("2-")
+    assert peers.owner(mine) is None and peers.owner(theirs) == 2  # relay only what another front holds
+    for stranger in ("3-x", "99999-x", "x-1", "1", "", "-1-x", "a1b2c3d4-0000-4000-8000-000000000000"):
+        assert peers.owner(stranger) is None, stranger  # not a front of this pod: answered here (404)
