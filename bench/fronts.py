@@ -1,6 +1,7 @@
 """The pod in one process against a pod of 1 and of 2 front processes, alternating in one run.
 
     python bench/fronts.py --rounds 3 --out bench/results    # about 5 minutes on 2 cores
+    python bench/fronts.py --quick --rounds 1                # a smoke run
 
 ``bench/host.py``'s pod rows (``/runsync`` from the aiohttp client processes, the GPU's forward
 emulated), each round running the three pods one after another in a new order, so a machine that
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import cpu_model  # noqa: E402
 from bench.emulated import FORWARDS, gpu_policy  # noqa: E402
-from bench.host import SCALE, pod_row  # noqa: E402
+from bench.drivers import Scale  # noqa: E402
+from bench.host import QUICK_SCALE, SCALE, pod_row  # noqa: E402
 from bench.http_load import client_pool  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -33,19 +35,19 @@ from worker.settings import Settings  # noqa: E402
 LAYOUTS: dict[str, int | None] = {"one process": None, "1 front": 1, "2 fronts": 2}
 
 
-async def rounds(settings: Settings, forward: str, count: int, log_dir: Path) -> list[dict[str, dict]]:
+async def rounds(settings: Settings, forward: str, count: int, scale: Scale, log_dir: Path) -> list[dict[str, dict]]:
     names = list(LAYOUTS)
     runs: list[dict[str, dict]] = []
-    async with client_pool(SCALE.client_procs) as pool:
+    async with client_pool(scale.client_procs) as pool:
         for index in range(count):
             order = names[index % len(names):] + names[: index % len(names)]
-            runs.append({name: await pod_row(settings, forward, SCALE, pool, log_dir, LAYOUTS[name]) for name in order})
+            runs.append({name: await pod_row(settings, forward, scale, pool, log_dir, LAYOUTS[name]) for name in order})
     return runs
 
 
 def table(runs: list[dict[str, dict]]) -> str:
     lines = ["| round | layout | sustained jobs/s | × one process | model-feeding process CPU µs a job "
-             "| every process's CPU µs a job | 339-job burst ms |", "|" + "---|" * 7]
+             "| every process's CPU µs a job | burst ms |", "|" + "---|" * 7]
     for index, run in enumerate(runs, 1):
         base = run["one process"]["sustained"]["jobs_per_s"]
         for name in LAYOUTS:
@@ -66,14 +68,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
     parser.add_argument("--forward", choices=sorted(FORWARDS), default="h100")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small bursts and a short sustained loop: a smoke run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     os.environ.setdefault("PREMISE_CACHE_SIZE", "0")  # as bench/host.py: every burst's headlines are new
     settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
-    runs = anyio.run(rounds, settings, args.forward, args.rounds, args.out or Path("bench/results"))
+    scale = QUICK_SCALE if args.quick else SCALE
+    runs = anyio.run(rounds, settings, args.forward, args.rounds, scale, args.out or Path("bench/results"))
     header = (f"host {cpu_model()}, model {args.model} (forward emulated: {args.forward}); pods over HTTP, "
-              f"bursts of {SCALE.jobs} jobs, {SCALE.sustained_s:g} s sustained at {SCALE.concurrency} in flight; "
+              f"bursts of {scale.jobs} jobs, {scale.sustained_s:g} s sustained at {scale.concurrency} in flight; "
               f"{args.rounds} rounds, each in a new order")
     text = f"{header}\n\n{table(runs)}\n"
     print(text)

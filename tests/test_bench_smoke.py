@@ -189,3 +189,19 @@ def test_first_job_bench_times_both_ways_in_new_worker_processes(tmp_path: Path)
     rounds = json.loads((tmp_path / "first_job.json").read_text())["rounds"]
     assert set(rounds) == {"now", "heap left to the first job"}
     assert all(r["first_ms"] > 0 and r["second_ms"] > 0 for way in rounds.values() for r in way)
+
+
+def test_fronts_bench_smoke_run_compares_the_three_pods(tmp_path: Path) -> None:
+    """bench/fronts.py at its smallest: the pod in one process, with 1 and with 2 front processes."""
+    command = [sys.executable, "bench/fronts.py", "--quick", "--rounds", "1", "--model", "synthetic:tiny",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "fronts.json").read_text())["rounds"]
+    assert set(run) == {"one process", "1 front", "2 fronts"}
+    for row in run.values():
+        assert row["burst"]["failed"] == 0 and row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
+        assert row["sustained"]["cpu_us_a_job"] > 0  # the process that feeds the model
+    for fronts in ("1 front", "2 fronts"):  # every process of the pod, beyond the model process
+        assert run[fronts]["sustained"]["all_cpu_us_a_job"] > run[fronts]["sustained"]["cpu_us_a_job"]
+    assert "2 fronts: median ×" in (tmp_path / "fronts.md").read_text()
