@@ -319,12 +319,12 @@ class PodApp:
 
     # ---- views --------------------------------------------------------------------------------
 
-    async def health(self, request: Request | None = None) -> HealthView:
+    async def health(self, request: Request) -> HealthView:
         """``/health``: RunPod's job counts, the model, the queue; in a pod of several fronts,
-        the job counts of every front that answers, asked with ``request``'s credentials
-        (without one, or for a request another front relayed: this front's alone)."""
+        the job counts of every front that answers, asked with ``request``'s credentials (for a
+        request another front relayed: this front's alone)."""
         counts = self.store.counts()
-        if self.peers is not None and request is not None and not is_relayed(request):
+        if self.peers is not None and not is_relayed(request):
             for answer in (await self.peers.ask_others(request, "GET", "/health")).values():
                 other = msgspec.json.decode(answer, type=HealthView).jobs
                 for status, count in _COUNTS.items():
@@ -342,11 +342,11 @@ class PodApp:
             queue=None if queue is None else QueueState(pairs=queue[0], tokens=queue[1]),
         )  # fmt: skip
 
-    async def metrics_view(self, request: Request | None = None) -> CollectorRegistry:
+    async def metrics_view(self, request: Request) -> CollectorRegistry:
         """What ``/metrics`` shows: this process's registry, or, in a pod of several fronts,
         every front's series and the model process's, each labelled by its ``process``
         (``worker/pod/pod_metrics.py``; a request another front relayed: this front's)."""
-        if self.peers is None or request is None or is_relayed(request):
+        if self.peers is None or is_relayed(request):
             return self.metrics.registry
         parts = {f"front-{self.peers.front}": list(self.metrics.registry.collect())}
         answers = await self.peers.ask_others(request, "GET", "/metrics", accept=OPENMETRICS)
