@@ -130,3 +130,26 @@ def test_a_job_id_names_the_front_that_holds_it() -> None:
     assert peers.owner(mine) is None and peers.owner(theirs) == 2  # relay only what another front holds
     for stranger in ("3-x", "99999-x", "x-1", "1", "", "-1-x", "a1b2c3d4-0000-4000-8000-000000000000"):
         assert peers.owner(stranger) is None, stranger  # not a front of this pod: answered here (404)
+
+
+def test_the_queue_wait_histogram_reads_as_prometheus_clients_own_would() -> None:
+    # Observed a batch at a time (one value a pair), it must expose what observing each would.
+    from prometheus_client import Histogram, generate_latest
+
+    from worker.metrics import TIME_BUCKETS
+
+    waits = [0.0, 0.0001, 0.00011, 0.003, 0.5, 29.9, 30.0, 100.0]
+    ours = Metrics(CollectorRegistry())
+    ours.queue_wait.observe_many(waits[:3])
+    ours.queue_wait.observe_many(waits[3:])
+    theirs = CollectorRegistry()
+    histogram = Histogram("nli_queue_wait_seconds", "", buckets=TIME_BUCKETS, registry=theirs)
+    for wait in waits:
+        histogram.observe(wait)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if line.startswith("nli_queue_wait_seconds") and "_created" not in line]
+
+    assert samples(ours.registry) == samples(theirs)
+    assert value(ours, "nli_queue_wait_seconds_count") == len(waits)

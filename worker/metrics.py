@@ -12,8 +12,11 @@ Job ``status`` is ``completed``, ``cancelled`` or the error code the job ended w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -25,8 +28,9 @@ from prometheus_client import (
     Histogram,
     Info,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from batching import BatchStats
 
@@ -60,12 +64,10 @@ class Metrics:
             buckets=TIME_BUCKETS,
             registry=registry,
         )
-        self.queue_wait = Histogram(
-            "nli_queue_wait_seconds",
-            "A pair's wait from submission to the start of its batch's compute.",
-            buckets=TIME_BUCKETS,
-            registry=registry,
+        self.queue_wait = _ManyAtOnce(
+            "nli_queue_wait_seconds", "A pair's wait from submission to the start of its batch's compute.", TIME_BUCKETS
         )
+        registry.register(self.queue_wait)
         self.batch_pairs = Histogram("nli_batch_pairs", "Pairs in a batch.", buckets=PAIR_BUCKETS, registry=registry)
         self.pairs_merged = Counter(
             "nli_pairs_merged", "Pairs that shared the row of an identical pair in their batch.", registry=registry
@@ -124,8 +126,7 @@ class Metrics:
         self.padding_efficiency.observe(batch.padding_efficiency)
         self.batch_seconds.observe(batch.compute_s)
         self.gpu_idle.observe(batch.idle_gap_s)
-        for wait in batch.queue_wait_s:
-            self.queue_wait.observe(wait)
+        self.queue_wait.observe_many(batch.queue_wait_s)
 
     def observe_build(self, *, model: str, device: str, dtype: str) -> None:
         """``nli_build_info``: which code runs which model where (set once the model has loaded)."""
@@ -180,6 +181,33 @@ class Metrics:
 
 _PROCESS_COLLECTORS = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
 """prometheus-client's own collectors, read-only views of this process: safe in several registries."""
+
+
+class _ManyAtOnce(Collector):
+    """A histogram observed a batch of values at a time: one per pair of a batch, where
+    ``Histogram.observe`` a value at a time would cost more than the rest of a job's metrics."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.array(buckets)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()  # a scrape may read from another thread (METRICS_PORT, the pusher)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        observed = np.asarray(values, dtype=np.float64)
+        slots = np.searchsorted(self._bounds, observed, side="left")  # the first bound ``le`` each value
+        counts = np.bincount(slots, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(observed.sum())
+
+    def collect(self) -> Any:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        buckets = [(floatToGoString(bound), int(count)) for bound, count in zip(self._bounds, cumulative)]
+        buckets.append(("+Inf", int(cumulative[-1])))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
 class _BudgetShrinks(Collector):
