@@ -348,13 +348,12 @@ class PodApp:
         (``worker/pod/pod_metrics.py``; a request another front relayed: this front's)."""
         if self.peers is None or is_relayed(request):
             return self.metrics.registry
-        parts = {f"front-{self.peers.front}": list(self.metrics.registry.collect())}
+        fronts = {self.peers.front: list(self.metrics.registry.collect())}
         answers = await self.peers.ask_others(request, "GET", "/metrics", accept=OPENMETRICS)
-        for front, text in answers.items():
-            parts[f"front-{front}"] = parse(text)
-        ordered = [(name, parts[name]) for name in sorted(parts, key=lambda name: int(name.removeprefix("front-")))]
+        fronts.update((front, parse(text)) for front, text in answers.items())
         model = await self.host.scrape() if isinstance(self.host, RemoteHost) else None
-        return Families(merge([*ordered, (MODEL, parse(model) if model is not None else not_ready())]))
+        parts = [(f"front-{front}", fronts[front]) for front in sorted(fronts)]
+        return Families(merge([*parts, (MODEL, parse(model) if model is not None else not_ready())]))
 
 
 _COUNTS = {

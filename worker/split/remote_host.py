@@ -11,7 +11,9 @@ has connected again, as a load balancer must see it.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -21,6 +23,8 @@ from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.model_process import failure_note
 from worker.split.remote_engine import RemoteEngine
+
+T = TypeVar("T")
 
 ASK_TIMEOUT_S = 5.0
 """How long ``/health`` and ``/metrics`` wait for the model process's answer before leaving it out."""
@@ -100,25 +104,22 @@ class RemoteHost:
     async def queue_state(self) -> tuple[int, int] | None:
         """Pairs and tokens in the shared queue (the waiting room's too), asked of the model
         process; None while it is not connected."""
-        engine = self.engine
-        if engine is None:
-            return None
-        with anyio.move_on_after(ASK_TIMEOUT_S):
-            try:
-                pong = await engine.sync()
-            except Unavailable:
-                return None
-            return pong.queued_pairs, pong.queued_tokens
-        return None
+        pong = await self._ask(RemoteEngine.sync)
+        return None if pong is None else (pong.queued_pairs, pong.queued_tokens)
 
     async def scrape(self) -> bytes | None:
         """The model process's metrics (OpenMetrics' text); None while it is not connected."""
+        return await self._ask(RemoteEngine.scrape)
+
+    async def _ask(self, question: Callable[[RemoteEngine], Awaitable[T]]) -> T | None:
+        """The model process's answer to ``question``; None while it is not connected or when
+        it does not answer within ``ASK_TIMEOUT_S``."""
         engine = self.engine
         if engine is None:
             return None
         with anyio.move_on_after(ASK_TIMEOUT_S):
             try:
-                return await engine.scrape()
+                return await question(engine)
             except Unavailable:
                 return None
         return None
