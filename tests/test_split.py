@@ -177,6 +177,42 @@ async def test_when_the_model_process_stops_jobs_fail_unavailable_until_it_is_ba
                 assert restarted.engine.batcher.stats.items == 2
 
 
+async def test_a_serverless_front_holds_its_jobs_through_one_model_process_restart(tiny_model, monkeypatch):
+    # rerun_lost: RunPod does not retry a job a worker took and failed, so a model process that
+    # stops costs the jobs in it a second run, not their end; a second stop under a job ends it.
+    from worker.split.remote_engine import RemoteEngine
+
+    async with model_process(settings(**ROOMY_BATCHES), tiny_model) as first:
+        async with RemoteEngine.connect(settings(), first.path, model=tiny_model, rerun_lost=True) as front:
+            with held_batches(tiny_model, monkeypatch) as (entered, release):
+                running = front.enqueue(pairs_about("Fed Holds Rates"))
+                await anyio.to_thread.run_sync(entered.wait, 30)
+                queued = front.enqueue(pairs_about(HEADLINE))
+                await settled(front)
+                first.host.stop()
+                with anyio.fail_after(30):
+                    await front.wait_disconnected()
+                release.set()
+            waiting = front.enqueue(pairs_about("Tesla Recalls Cars"))  # taken while it is gone: held, not refused
+            await anyio.wait_all_tasks_blocked()
+            assert front.inflight_jobs == 3 and not front.connected
+            async with model_process(settings(**ROOMY_BATCHES), tiny_model, first.path) as second:
+                with held_batches(tiny_model, monkeypatch) as (entered, release):  # before the front is back
+                    await anyio.to_thread.run_sync(entered.wait, 30)  # all three sent again, in one batch
+                    second.host.stop()
+                    with anyio.fail_after(30):
+                        await front.wait_disconnected()
+                    release.set()
+                for job in (running, queued):  # their second run was lost too
+                    with pytest.raises(Unavailable, match="stopped twice while this job was in it"):
+                        await job.logits()
+                async with model_process(settings(), tiny_model, first.path) as third:
+                    with anyio.fail_after(30):
+                        assert (await waiting.logits()).shape == (2, 3)  # its first run was lost: run again
+                    assert third.engine.batcher.stats.items == 2
+            assert second.engine.batcher.stats.jobs_submitted == 3
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp_path, stop):
     path = tmp_path / "model.sock"

@@ -11,7 +11,10 @@ deadline passing (the front keeps its clock, as ``Ticket.result`` does in one pr
 ``Cancel``, and the model process drops the job's queued pairs. When the connection ends (the
 model process stopped or died), every job in flight fails ``unavailable``, and so does every new
 one until the front has connected again: it tries every ``RECONNECT_S``, so a model process
-restarted on the same socket serves it again without the front restarting.
+restarted on the same socket serves it again without the front restarting. With ``rerun_lost``
+(the serverless worker's: RunPod does not retry a job a worker took and failed), jobs are held
+instead: the ones in flight are sent again, once, when a model process listens again, and new
+ones wait for it; a job whose model process stops a second time fails ``unavailable``.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class RemoteJob:
     """One job sent to the model process: await ``accepted()``, then ``logits()``."""
 
     __slots__ = (
-        "_engine", "key", "pairs", "hypotheses", "timeout_s", "wait_for_room", "sent",
+        "_engine", "key", "pairs", "hypotheses", "timeout_s", "wait_for_room", "sent", "rerun",
         "_deadline", "_accepted", "_done", "_error", "_logits",
     )  # fmt: skip
 
@@ -63,6 +66,8 @@ class RemoteJob:
         self.wait_for_room = wait_for_room
         self.sent = False
         """Whether its ``Submit`` has left (after its tick's tokenizing)."""
+        self.rerun = False
+        """Whether it was sent again after its model process stopped (``rerun_lost``)."""
         self._deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
         self._accepted = anyio.Event()
         self._done = anyio.Event()
@@ -118,12 +123,17 @@ class RemoteJob:
 class RemoteEngine:
     """A front's view of the model process: ``async with RemoteEngine.connect(...) as engine``."""
 
-    def __init__(self, model: NliModel, settings: Settings, path: Path) -> None:
+    def __init__(self, model: NliModel, settings: Settings, path: Path, *, rerun_lost: bool = False) -> None:
         self.model = model
         """The model's tokenizer and labels, without weights (``NliModel.load_head``)."""
         self.settings = settings
         self.path = path
         """The model process's socket."""
+        self.rerun_lost = rerun_lost
+        """Hold jobs while the model process is gone, and send the lost ones again once."""
+        self._held: list[RemoteJob] = []
+        """Jobs waiting for a model process to listen again (``rerun_lost``)."""
+        self._closed = False
         self.tokenizer = PairTokenizer(model, settings.premise_cache_size)
         self._sender: Sender[ToModel] | None = None
         """The current connection's, None while there is none."""
@@ -143,14 +153,15 @@ class RemoteEngine:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, settings: Settings, path: str | Path, *, model: NliModel | None = None, connect_timeout_s: float = 0.0
-    ) -> AsyncIterator[RemoteEngine]:
+        cls, settings: Settings, path: str | Path, *, model: NliModel | None = None, connect_timeout_s: float = 0.0,
+        rerun_lost: bool = False,
+    ) -> AsyncIterator[RemoteEngine]:  # fmt: skip
         """Connect to the model process on the Unix socket ``path`` (waiting up to
         ``connect_timeout_s`` for it to listen: ``Unavailable`` after that) and serve jobs until
         exit, connecting again whenever the connection ends. ``model`` defaults to
         ``NliModel.load_head(settings.model_name)``."""
         head = model or NliModel.load_head(settings.model_name)
-        engine = cls(head, settings, Path(path))
+        engine = cls(head, settings, Path(path), rerun_lost=rerun_lost)
         stream = await _connect(engine.path, connect_timeout_s)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(engine._stay_connected, stream, name="nli-model-connection")
@@ -159,6 +170,7 @@ class RemoteEngine:
                 await engine._connected.wait()
                 yield engine
             finally:
+                engine._closed = True
                 engine._end_all(Unavailable("the front process is shutting down"))
                 tasks.cancel_scope.cancel()
 
@@ -190,8 +202,9 @@ class RemoteEngine:
     ) -> RemoteJob:
         """Take the job into this tick, whose jobs are tokenized and sent together; raises
         ``InvalidInput`` naming a pair whose hypothesis cannot fit, or ``Unavailable`` once the
-        model process is gone. ``timeout_s`` can shorten ``JOB_TIMEOUT_S``, not extend it."""
-        if self._unavailable is not None:
+        model process is gone (unless ``rerun_lost``: then it waits for the model process).
+        ``timeout_s`` can shorten ``JOB_TIMEOUT_S``, not extend it."""
+        if self._unavailable is not None and (self._closed or not self.rerun_lost):
             raise self._unavailable
         hypotheses = self.tokenizer.hypotheses(pairs)
         timeout = self.settings.job_timeout(timeout_s)
@@ -250,7 +263,9 @@ class RemoteEngine:
                     job.end(err)
                 continue
             sender = self._sender
-            if sender is None:  # the connection was lost while the tick tokenized: its jobs have ended
+            if sender is None:  # the connection was lost while the tick tokenized (or before it)
+                if self.rerun_lost:  # else its jobs have ended
+                    self._held.extend(job for job in live if job.key in self._jobs)
                 continue
             for job, job_tokens in zip(live, tokens):
                 if job.key in self._jobs:  # not cancelled while the tick was tokenizing
@@ -270,15 +285,24 @@ class RemoteEngine:
                 connection.start_soon(self._sender.run, name="nli-model-sender")
                 self._unavailable = None
                 self._connected.set()
-                log.info("model_process_connected", socket=str(self.path))
+                log.info("model_process_connected", socket=str(self.path), held_jobs=len(self._held))
+                if self._held:  # before any job enqueued since: they came first
+                    self._tick[:0], self._held = self._held, []
+                    self._ticked.set()
                 await self._receive(stream)
                 connection.cancel_scope.cancel()
-            failing = len(self._jobs)
             self._sender, self._connected = None, anyio.Event()
-            self._end_all(Unavailable("the model process stopped"))
+            stopped = Unavailable("the model process stopped")
+            failing = len(self._jobs)
+            if self.rerun_lost:
+                failing = self._hold_lost()
+                self._unavailable = stopped
+                self._end_questions()
+            else:
+                self._end_all(stopped)
             self._lost.set()
             self._lost = anyio.Event()
-            log.warning("model_process_gone", failed_jobs=failing)
+            log.warning("model_process_gone", failed_jobs=failing, held_jobs=len(self._jobs))
             stream = await _connect(self.path, math.inf)
 
     async def _receive(self, stream: SocketStream) -> None:
@@ -301,16 +325,41 @@ class RemoteEngine:
                         job.end(None, logits_of(message, labels))
                     else:
                         assert isinstance(message, Failed)
-                        job.end(error_of(message))
+                        error = error_of(message)
+                        # A stopping model process fails what it holds before its socket goes.
+                        if self.rerun_lost and isinstance(error, Unavailable):
+                            self._lose(job)
+                        else:
+                            job.end(error)
         except FrameError as err:
             log.error("model_process_sent_garbage", error=str(err))
 
+    def _hold_lost(self) -> int:
+        """The connection ended with ``rerun_lost``: the jobs it had are lost; how many failed."""
+        lost = [job for job in self._jobs.values() if job.sent]
+        return sum(not self._lose(job) for job in lost)
+
+    def _lose(self, job: RemoteJob) -> bool:
+        """A job whose model process stopped under it (``rerun_lost``): held to be sent again
+        once a model process listens (True), or ended if it was its second run (False)."""
+        if job.rerun:
+            self._jobs.pop(job.key, None)
+            job.end(Unavailable("the model process stopped twice while this job was in it"))
+            return False
+        job.rerun, job.sent = True, False
+        self._jobs[job.key] = job
+        self._held.append(job)
+        return True
+
     def _end_all(self, error: Unavailable) -> None:
-        """Refuse new jobs with ``error`` and end every one in flight with it."""
+        """Refuse new jobs with ``error`` and end every one in flight (or held) with it."""
         self._unavailable = error
-        jobs, self._jobs = self._jobs, {}
+        jobs, self._jobs, self._held = self._jobs, {}, []
         for job in jobs.values():
             job.end(error)
+        self._end_questions()
+
+    def _end_questions(self) -> None:
         questions, self._questions = self._questions, {}
         for question in questions.values():
             question.done.set()
