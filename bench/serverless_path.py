@@ -8,7 +8,9 @@ forward pass emulated, ``--forward``, default H100 speed; the GPU's batch budget
 - ``in process``: straight into an engine through the service path, as ``bench/versions.py``;
 - ``serverless``: into ``loadtest.emulator``'s queue (served in this process, so its clock is
   this one), taken by one real ``python -m worker serverless`` process (runpod 1.12's job loop,
-  ``MAX_CONCURRENCY`` as set, default 512) whose model is the same emulated one.
+  ``MAX_CONCURRENCY`` as set, default 512) whose model is the same emulated one;
+- ``serverless, model process``: the same with ``--model-process``, the emulated model in the
+  model process (``bench/emulated.py --socket``).
 
 For the serverless way it reports, per job, what RunPod itself would: ``delay`` (queued until a
 worker took it: the SDK's fetching) and ``execution`` (taken until the result was posted: the
@@ -36,16 +38,21 @@ from bench.common import cpu_model, publish  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker_child(forward: str) -> None:
-    """``python -m worker serverless`` whose model's forward pass is the emulated one."""
+def worker_child(forward: str, model_process: bool) -> None:
+    """``python -m worker serverless [--model-process]`` whose model's forward pass is the emulated one."""
     from bench.emulated import emulated, gpu_policy
     from worker import serverless
     from worker.model import NliModel
     from worker.settings import Settings
 
+    settings = gpu_policy(Settings.from_env(device="cpu"))
+    if model_process:
+        command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", settings.model_name]
+        serverless.start(settings, model_process=True, model_command=command)
+        return
     load = NliModel.load
     NliModel.load = classmethod(lambda cls, *a, **kw: emulated(load(*a, **kw), forward))  # type: ignore[method-assign]
-    serverless.start(gpu_policy(Settings.from_env(device="cpu")))
+    serverless.start(settings)
 
 
 async def in_process(jobs: list[dict], forward: str, model_name: str) -> dict[str, float]:
@@ -82,7 +89,9 @@ async def in_process(jobs: list[dict], forward: str, model_name: str) -> dict[st
     return {"wall_ms": wall * 1e3, **_percentiles(latencies)}
 
 
-async def serverless(jobs: list[dict], forward: str, model_name: str, concurrency: int) -> dict[str, float]:
+async def serverless(
+    jobs: list[dict], forward: str, model_name: str, concurrency: int, model_process: bool
+) -> dict[str, float]:
     from loadtest.emulator import serve_emulator
     from schemas.runpod import FINAL_STATUSES
 
@@ -92,8 +101,9 @@ async def serverless(jobs: list[dict], forward: str, model_name: str, concurrenc
                    LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))  # fmt: skip
         log = Path(tempfile.mkdtemp(prefix="serverless-path-")) / "worker.log"
         with log.open("wb") as out:
-            worker = subprocess.Popen([sys.executable, __file__, "--child-worker", forward], env=env, stdout=out,
-                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            layout = ["--child-model-process"] if model_process else []
+            worker = subprocess.Popen([sys.executable, __file__, "--child-worker", forward, *layout], env=env,
+                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
             warm = [emu.queue.submit(job) for job in jobs[:8]]
             await _all_final(warm, FINAL_STATUSES, 120)  # the worker is up and its engine started
@@ -138,27 +148,31 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=512)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child-worker", metavar="FORWARD", help=argparse.SUPPRESS)
+    parser.add_argument("--child-model-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_worker:
-        worker_child(args.child_worker)
+        worker_child(args.child_worker, args.child_model_process)
         return 0
     from loadtest.burst import classify_jobs
     from worker.logs import configure_logging
 
     configure_logging("WARNING")
     jobs = classify_jobs(args.jobs)
-    rows: dict[str, list[dict[str, float]]] = {"in process": [], "serverless": []}
+    rows: dict[str, list[dict[str, float]]] = {"in process": [], "serverless": [], "serverless, model process": []}
     for _ in range(args.rounds):
         rows["in process"].append(asyncio.run(in_process(jobs, args.forward, args.model)))
-        rows["serverless"].append(asyncio.run(serverless(jobs, args.forward, args.model, args.max_concurrency)))
+        for model_process, way in ((False, "serverless"), (True, "serverless, model process")):
+            rows[way].append(asyncio.run(serverless(jobs, args.forward, args.model, args.max_concurrency, model_process)))
     medians = {way: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for way, runs in rows.items()}
-    inproc, sdk = medians["in process"], medians["serverless"]
+    inproc = medians["in process"]
     lines = ["| way | burst wall (ms) | p50 (ms) | p99 (ms) | delay p50 / max (ms) | execution min / p50 / max (ms) |",
              "|---|---|---|---|---|---|",
-             f"| in process | {inproc['wall_ms']:.0f} | {inproc['p50_ms']:.0f} | {inproc['p99_ms']:.0f} | | |",
-             f"| serverless, one SDK worker | {sdk['wall_ms']:.0f} | {sdk['p50_ms']:.0f} | {sdk['p99_ms']:.0f} | "
-             f"{sdk['delay_p50_ms']:.0f} / {sdk['delay_max_ms']:.0f} | "
-             f"{sdk['execution_min_ms']:.0f} / {sdk['execution_p50_ms']:.0f} / {sdk['execution_max_ms']:.0f} |"]  # fmt: skip
+             f"| in process | {inproc['wall_ms']:.0f} | {inproc['p50_ms']:.0f} | {inproc['p99_ms']:.0f} | | |"]
+    for way, name in (("serverless", "serverless, one SDK worker"), ("serverless, model process", "the same, --model-process")):
+        sdk = medians[way]
+        lines.append(f"| {name} | {sdk['wall_ms']:.0f} | {sdk['p50_ms']:.0f} | {sdk['p99_ms']:.0f} | "
+                     f"{sdk['delay_p50_ms']:.0f} / {sdk['delay_max_ms']:.0f} | "
+                     f"{sdk['execution_min_ms']:.0f} / {sdk['execution_p50_ms']:.0f} / {sdk['execution_max_ms']:.0f} |")  # fmt: skip
     header = (f"{cpu_model()}, {args.jobs} classify jobs at once, {args.model} (forward {args.forward}), "
               f"MAX_CONCURRENCY {args.max_concurrency}; medians of {args.rounds} rounds")  # fmt: skip
     publish(args.out, "serverless_path", header, "\n".join(lines), {"rounds": rows, "medians": medians})

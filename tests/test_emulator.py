@@ -411,14 +411,17 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serverless_worker(env: dict[str, str], log_path: Path, cwd: Path) -> AsyncIterator[None]:
-    """``python -m worker serverless`` in its own process group (the SDK forks a heartbeat process).
+async def serverless_worker(
+    env: dict[str, str], log_path: Path, cwd: Path, args: tuple[str, ...] = ()
+) -> AsyncIterator[None]:
+    """``python -m worker serverless [args]`` in its own process group (the SDK forks a heartbeat
+    process; a model process runs in a group of its own and stops with the worker).
 
     Stopped with SIGTERM to the group (the SDK's graceful shutdown), SIGKILL if that takes too long.
     """
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "serverless"],
+            [sys.executable, "-m", "worker", "serverless", *args],
             cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -553,4 +556,47 @@ async def test_a_flood_of_big_jobs_all_complete_on_one_worker_none_failed_for_ro
     statuses = [final[job_id]["status"] for job_id in ids]
     assert statuses == ["COMPLETED"] * len(jobs), [final[i].get("error") for i in ids if final[i]["status"] != "COMPLETED"]
     assert all(len(final[job_id]["output"]["results"]) == 128 for job_id in ids)
+    assert emu.queue.stats.taken == len(jobs)
+
+
+async def test_a_model_process_killed_mid_burst_costs_the_jobs_it_held_a_rerun_not_their_end(
+    runpod_emulator, tmp_path
+) -> None:
+    # `serverless --model-process`: the model process SIGKILLed while it holds jobs. RunPod does
+    # not retry a job a worker took and failed, so each one is run again on the model process
+    # started in its place; one scrape of the worker shows both processes' series.
+    texts = headlines()
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    long = " ".join(texts)[:1900]  # one pair fills a CPU batch: the jobs take seconds, not milliseconds
+    jobs = [{"operation": "classify_batch", "headlines": [f"{j}.{i}: {long}" for i in range(24)]} for j in range(6)]
+    async with runpod_emulator(api_key=KEY, long_poll_s=1.0) as emu:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")},
+            **emu.worker_env,
+            "MODEL_NAME": "synthetic:tiny", "WARMUP_MAX_LEN": "16", "METRICS_PORT": str(metrics_port),
+            "PYTHONPATH": str(ROOT),
+        }  # fmt: skip
+        log_path = tmp_path / "worker.log"
+        async with (
+            httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers, timeout=30) as client,
+            serverless_worker(env, log_path, tmp_path, ("--model-process",)),
+        ):
+            ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in jobs]
+            await wait_metric(metrics_url, 'nli_inflight_jobs{process="model"}', len(jobs), timeout_s=60)
+            started = [json.loads(line) for line in log_path.read_text().splitlines() if "worker_process_started" in line]
+            os.kill(started[0]["pid"], signal.SIGKILL)
+            final = await wait_all_final(client, ids, timeout_s=180)
+            await wait_metric(metrics_url, 'nli_model_ready{process="model"}', 1, timeout_s=30)
+            async with httpx.AsyncClient() as plain:
+                scraped = (await plain.get(metrics_url)).text
+
+    assert [final[job_id]["status"] for job_id in ids] == ["COMPLETED"] * len(jobs), [final[i].get("error") for i in ids]
+    assert all(len(final[job_id]["output"]["results"]) == 24 for job_id in ids)
+    counted = [line for line in scraped.splitlines() if line.startswith("nli_jobs_total{")]
+    assert counted == [f'nli_jobs_total{{operation="classify_batch",process="front-0",status="completed"}} {len(jobs)}.0']
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    gone = [r for r in records if r["event"] == "model_process_gone"]
+    assert len(gone) == 1 and gone[0]["failed_jobs"] == 0 and gone[0]["held_jobs"] == len(jobs)
+    assert [r["process"] for r in records if r["event"] == "worker_process_died"] == ["model"]
     assert emu.queue.stats.taken == len(jobs)

@@ -96,7 +96,7 @@ def test_a_pod_of_several_processes_counts_each_series_once_labelled_by_its_proc
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.parser import text_string_to_metric_families
 
-    from worker.pod.pod_metrics import MODEL, Families, merge, not_ready, parse
+    from worker.split.process_metrics import MODEL, Families, merge, not_ready, parse
 
     fronts = [Metrics(CollectorRegistry()) for _ in range(2)]
     model = Metrics(CollectorRegistry())

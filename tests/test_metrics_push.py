@@ -52,7 +52,10 @@ async def poll(client: httpx.AsyncClient, expression: str, wanted, timeout_s: fl
             await anyio.sleep(0.25)
 
 
-async def test_a_serverless_worker_pushes_its_metrics_and_deletes_them_when_it_stops(runpod_emulator, tmp_path) -> None:
+@pytest.mark.parametrize("layout", [(), ("--model-process",)], ids=["one-process", "model-process"])
+async def test_a_serverless_worker_pushes_its_metrics_and_deletes_them_when_it_stops(
+    runpod_emulator, tmp_path, layout: tuple[str, ...]
+) -> None:
     prometheus_binary, gateway_binary = require_prometheus(), require_pushgateway()
     gateway_port, prometheus_port = free_port(), free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -76,7 +79,7 @@ async def test_a_serverless_worker_pushes_its_metrics_and_deletes_them_when_it_s
             }  # fmt: skip
             async with (
                 httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers, timeout=30) as client,
-                serverless_worker(env, tmp_path / "worker.log", tmp_path),
+                serverless_worker(env, tmp_path / "worker.log", tmp_path, layout),
             ):
                 jobs = [{"operation": "classify", "headline": f"Fed Holds Rates, Take {i}"} for i in range(JOBS)]
                 ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in jobs]
@@ -87,10 +90,17 @@ async def test_a_serverless_worker_pushes_its_metrics_and_deletes_them_when_it_s
                     lambda result: result and float(result[0]["value"][1]) == JOBS,
                 )  # fmt: skip
                 process_memory = await query(prometheus, f"process_resident_memory_bytes{{{selector}}}")
+                model_ready = await query(prometheus, f"nli_model_ready{{{selector}}}")
             # The worker has stopped (SIGTERM, as RunPod stops it): its group is gone from the gateway.
             with anyio.fail_after(30):
                 while worker in (await gateway.get("/api/v1/metrics")).text:
                     await anyio.sleep(0.25)
     assert [final[job_id]["status"] for job_id in ids] == ["COMPLETED"] * JOBS
     assert float(counted[0]["value"][1]) == JOBS
-    assert process_memory and float(process_memory[0]["value"][1]) > 0
+    assert process_memory and all(float(sample["value"][1]) > 0 for sample in process_memory)
+    # With a model process, each of the two processes' series carries its own label.
+    processes = {sample["metric"].get("process") for sample in process_memory}
+    assert processes == ({"front-0", "model"} if layout else {None})
+    assert [(sample["metric"].get("process"), sample["value"][1]) for sample in model_ready] == [
+        ("model" if layout else None, "1")
+    ]

@@ -48,7 +48,7 @@ async def fronts(lines: list[dict], headers: dict[str, str]) -> AsyncIterator[li
 
 def started(lines: list[dict], process: str) -> int:
     """The pid of the newest ``process`` (``model``, ``front-0``...) the supervisor started."""
-    return [line["pid"] for line in lines if line["event"] == "pod_process_started" and line["process"] == process][-1]
+    return [line["pid"] for line in lines if line["event"] == "worker_process_started" and line["process"] == process][-1]
 
 
 def jobs_total(metrics: str) -> dict[str, float]:
@@ -145,7 +145,7 @@ async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) 
                 os.kill(started(lines, "front-1"), signal.SIGKILL)
                 lost = await front_0.get(f"/status/{kept['id']}")
                 still = await front_0.get(f"/status/{served['id']}")
-                await reader.until(lambda line: line["event"] == "pod_process_died" and line["process"] == "front-1", lines)
+                await reader.until(lambda line: line["event"] == "worker_process_died" and line["process"] == "front-1", lines)
                 await wait_until_ready(front_1)  # started again
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0

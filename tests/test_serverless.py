@@ -128,6 +128,47 @@ def test_preload_takes_the_start_up_heap_out_of_the_collectors_reach_before_the_
     assert gc.get_freeze_count() > 0
 
 
+async def test_while_its_model_process_is_gone_a_worker_takes_no_jobs_and_holds_the_ones_it_has(
+    tiny_model: NliModel,
+) -> None:
+    from layouts import model_process
+
+    from worker.split.children import ModelChild
+
+    child = ModelChild()  # not started: this test serves its socket in this event loop
+    settings = Settings(model_name="synthetic:tiny", warmup_max_len=16, max_concurrency=64)
+    try:
+        worker = ServerlessWorker(settings, model=tiny_model, model_process=child)
+        async with model_process(settings, tiny_model, child.path) as first:
+            assert worker.concurrency(1) == 64
+            engine = await worker.ready()
+            assert "error" not in await worker.handler(classify_job("before", HEADLINES[0]))
+            first.host.stop()
+            with anyio.fail_after(30):
+                await engine.wait_disconnected()  # type: ignore[attr-defined]
+        assert worker.concurrency(64) == 1  # the SDK fetches nothing more until it is back
+        async with anyio.create_task_group() as tasks:
+            held: dict[str, dict] = {}
+            answered = anyio.Event()
+
+            async def taken_meanwhile() -> None:
+                held["output"] = await worker.handler(classify_job("meanwhile", HEADLINES[1]))
+                answered.set()
+
+            tasks.start_soon(taken_meanwhile)
+            await anyio.wait_all_tasks_blocked()
+            assert not held  # it waits for the model process, it does not fail
+            async with model_process(settings, tiny_model, child.path):
+                with anyio.fail_after(30):
+                    await answered.wait()
+                assert worker.concurrency(1) == 64
+        assert held["output"]["headline"] == HEADLINES[1]
+        await worker.aclose()
+    finally:
+        child.stop()  # never started: removes its run directory
+    assert not child.run_dir.exists()
+
+
 @pytest.mark.parametrize("preload", [False, True])
 async def test_failed_model_load_answers_every_job_unavailable(preload: bool) -> None:
     async with ServerlessWorker(Settings(model_name="synthetic:no-such-model")) as worker:
@@ -219,10 +260,10 @@ def test_configure_logging_is_idempotent_and_quiets_the_sdk(capsys) -> None:
 # --- the SDK's local modes, in a subprocess --------------------------------------------------------
 
 
-def run_worker_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_worker_cli(args: list[str], cwd: Path, model: str = "synthetic:tiny") -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "MODEL_NAME": "synthetic:tiny",
+        "MODEL_NAME": model,
         "WARMUP_MAX_LEN": "16",
         "PYTHONPATH": str(ROOT),
     }
@@ -234,13 +275,23 @@ def run_worker_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[st
     )
 
 
-def test_sdk_test_input_flag(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", [[], ["--model-process"]], ids=["one-process", "model-process"])
+def test_sdk_test_input_flag(tmp_path: Path, layout: list[str]) -> None:
     job = {"input": {"operation": "classify", "headline": "Apple Declares $0.25 Dividend"}}
-    done = run_worker_cli(["--test_input", json.dumps(job)], tmp_path)
+    done = run_worker_cli([*layout, "--test_input", json.dumps(job)], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Job result:" in done.stdout and "'temporal_category'" in done.stdout
     events = [json.loads(line)["event"] for line in done.stdout.splitlines() if line.startswith("{")]
     assert "engine_started" in events  # our JSON log lines, on stdout
+    if layout:
+        assert "model_process_listening" in events and "model_process_stopping" in events  # stopped with the worker
+
+
+def test_a_model_process_that_cannot_load_answers_every_job_unavailable_saying_why(tmp_path: Path) -> None:
+    job = {"input": {"operation": "classify", "headline": "Apple Declares $0.25 Dividend"}}
+    done = run_worker_cli(["--model-process", "--test_input", json.dumps(job)], tmp_path, "synthetic:no-such-model")
+    assert done.returncode == 1
+    assert "unavailable: the model process failed to start: model failed to load: ValueError: unknown synthetic" in done.stdout
 
 
 def test_sdk_test_input_json_file(tmp_path: Path) -> None:

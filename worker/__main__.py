@@ -16,9 +16,15 @@ def main(argv: list[str] | None = None) -> int:
         "Settings come from environment variables (see docs/SETTINGS.md).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    serverless = commands.add_parser(
         "serverless",
         help="run as a RunPod serverless worker (the SDK's --test_input and --rp_serve_api work too)",
+    )
+    serverless.add_argument(
+        "--model-process",
+        action="store_true",
+        help="run the model in a process of its own beside the SDK's loop, started again if it dies "
+        "(docs/PROCESSES.md); default: one process does everything",
     )
     pod = commands.add_parser("pod", help="serve the RunPod job API over HTTP, always on (see docs/API.md)")
     pod.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serverless":
         from worker.serverless import start
 
-        start(settings)
+        start(settings, model_process=args.model_process)
     elif args.command == "model-process":
         from worker.split.model_process import run
 

@@ -67,7 +67,7 @@ async def process_restarts(
         await run_all(report, jobs, one, arrivals=paced(jobs_per_s))
         await pod.wait_ready(client)
         report.figures.update(await still_serves_http(client))
-        died = [line for line in pod.log_path.read_text().splitlines() if '"pod_process_died"' in line]
+        died = [line for line in pod.log_path.read_text().splitlines() if '"worker_process_died"' in line]
     report.figures = {
         "model_killed": counts["killed_model"],
         "front_killed": counts["killed_front-1"],

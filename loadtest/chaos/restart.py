@@ -246,7 +246,7 @@ class PodProcess:
         """SIGKILL one process of a pod of several, by the name its supervisor logged it under
         (``model``, ``front-0``, ...): the newest one of that name."""
         lines = self.log_path.read_text().splitlines()
-        started = [json.loads(line) for line in lines if '"pod_process_started"' in line]
+        started = [json.loads(line) for line in lines if '"worker_process_started"' in line]
         pid = [line["pid"] for line in started if line.get("process") == name][-1]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

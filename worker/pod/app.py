@@ -46,7 +46,7 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
 from worker.pod.peers import Peers, is_relayed
-from worker.pod.pod_metrics import MODEL, OPENMETRICS, Families, merge, not_ready, parse
+from worker.split.process_metrics import MODEL, OPENMETRICS, Families, merge, not_ready, parse
 from worker.pod.requests import read_body
 from worker.pod.routes import build_app
 from worker.pod.webhooks import WebhookSender, check_webhook
@@ -345,7 +345,7 @@ class PodApp:
     async def metrics_view(self, request: Request) -> CollectorRegistry:
         """What ``/metrics`` shows: this process's registry, or, in a pod of several fronts,
         every front's series and the model process's, each labelled by its ``process``
-        (``worker/pod/pod_metrics.py``; a request another front relayed: this front's)."""
+        (``worker/split/process_metrics.py``; a request another front relayed: this front's)."""
         if self.peers is None or is_relayed(request):
             return self.metrics.registry
         fronts = {self.peers.front: list(self.metrics.registry.collect())}

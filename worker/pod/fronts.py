@@ -12,17 +12,13 @@ stops the model process; a second one makes the fronts stop at once, a third kil
 
 from __future__ import annotations
 
-import ctypes
-import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -32,61 +28,10 @@ from worker.pod.app import PodApp
 from worker.pod.peers import Peers, front_socket
 from worker.pod.serving import listen, run_pod, url_of
 from worker.settings import Settings
+from worker.split.children import MODEL_SOCKET, STOP_MODEL_S, Child, model_child
 from worker.split.remote_host import RemoteHost
 
 log = structlog.get_logger("worker.pod.fronts")
-
-MODEL_SOCKET = "model.sock"
-"""The model process's socket, in the pod's run directory."""
-RESTART_S = (1.0, 30.0)
-"""A child that died is started again after the first delay, doubled each time it dies again
-soon after, up to the second."""
-STOP_MODEL_S = 30.0
-"""Once the fronts have stopped, how long the model process has to stop before it is killed."""
-_STEADY_S = 60.0
-"""A child that lived this long starts the next time without waiting."""
-
-
-@dataclass
-class _Child:
-    """One process of the pod, started again whenever it dies (until the pod stops)."""
-
-    name: str
-    argv: list[str]
-    pass_fds: tuple[int, ...] = ()
-    env: dict[str, str] | None = None
-    process: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    delay_s: float = RESTART_S[0]
-    start_after: float = 0.0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            self.argv, pass_fds=self.pass_fds, env=self.env, process_group=0, preexec_fn=_die_with_parent
-        )
-        self.started_at = time.monotonic()
-        log.info("pod_process_started", process=self.name, pid=self.process.pid)
-
-    def check(self, now: float) -> None:
-        """Start it again if it died and its delay is over."""
-        if self.process is None:
-            if now >= self.start_after:
-                self.start()
-            return
-        code = self.process.poll()
-        if code is None:
-            return
-        wait_s = RESTART_S[0] if now - self.started_at >= _STEADY_S else self.delay_s
-        self.delay_s = min(wait_s * 2, RESTART_S[1])
-        self.process, self.start_after = None, now + wait_s
-        log.error("pod_process_died", process=self.name, exit_code=code, restart_in_s=wait_s)
-
-    def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signum)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
 
 def serve_fronts(
@@ -115,14 +60,10 @@ def serve_fronts(
                 sock.close()
             return 2
     run_dir = Path(tempfile.mkdtemp(prefix="burst-nli-pod-"))  # mode 0700: this user's processes only
-    model_env = {name: value for name, value in os.environ.items() if name != "METRICS_PORT"}  # the pod serves it
-    model = _Child(
-        "model", [*(model_command or [sys.executable, "-m", "worker", "model-process"]),
-                  "--socket", str(run_dir / MODEL_SOCKET)], env=model_env,
-    )  # fmt: skip
+    model = model_child(run_dir / MODEL_SOCKET, model_command)
     fds = tuple(sock.fileno() for sock in sockets)
     children = [model] + [
-        _Child(f"front-{front}", [
+        Child(f"front-{front}", [
             sys.executable, "-m", "worker", "pod-front", "--front", str(front), "--fronts", str(fronts),
             "--run-dir", str(run_dir), "--fds", ",".join(map(str, fds)),
             *(["--health-port", str(health_port)] if health_port else []), *(["--record", record] if record else []),
@@ -155,7 +96,7 @@ def serve_fronts(
     return 0
 
 
-def _stop(fronts: list[_Child], model: _Child, received: list[int]) -> None:
+def _stop(fronts: list[Child], model: Child, received: list[int]) -> None:
     """Drain and stop the fronts (each further signal passed on to them), then the model process."""
     seen = 0
     while any(front.running() for front in fronts):
@@ -166,12 +107,7 @@ def _stop(fronts: list[_Child], model: _Child, received: list[int]) -> None:
                 front.signal(signum)
             seen += 1
         time.sleep(0.05)
-    model.signal(signal.SIGTERM)
-    if model.process is not None:
-        try:
-            model.process.wait(STOP_MODEL_S)
-        except subprocess.TimeoutExpired:
-            model.signal(signal.SIGKILL)
+    model.stop(STOP_MODEL_S)
 
 
 def serve_front(
@@ -198,9 +134,3 @@ def serve_front(
         path.unlink(missing_ok=True)
         if recorder is not None:
             recorder.close()
-
-
-def _die_with_parent() -> None:
-    """In the child before it runs: SIGTERM it if the supervisor dies (Linux's PR_SET_PDEATHSIG),
-    so no front or model process outlives its pod."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)

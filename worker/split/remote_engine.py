@@ -278,8 +278,23 @@ class RemoteEngine:
 
     async def _stay_connected(self, stream: SocketStream) -> None:
         """Forever: serve jobs over the connection until it ends, end every job in flight
-        ``unavailable``, and connect again."""
+        ``unavailable``, and connect again.
+
+        A connection counts once the model process's ``Hello`` has arrived: a process being
+        killed can still take a connection on its socket, and would lose whatever was sent."""
         while True:
+            messages = receive(stream, ToFront)
+            try:
+                hello = await anext(messages, None)
+            except (FrameError, OSError):
+                hello = None
+            if not isinstance(hello, Hello):
+                await messages.aclose()
+                await stream.aclose()
+                await anyio.sleep(RECONNECT_S)
+                stream = await _connect(self.path, math.inf)
+                continue
+            self.hello = hello
             async with stream, anyio.create_task_group() as connection:
                 self._sender = Sender(stream)
                 connection.start_soon(self._sender.run, name="nli-model-sender")
@@ -289,7 +304,7 @@ class RemoteEngine:
                 if self._held:  # before any job enqueued since: they came first
                     self._tick[:0], self._held = self._held, []
                     self._ticked.set()
-                await self._receive(stream)
+                await self._receive(messages)
                 connection.cancel_scope.cancel()
             self._sender, self._connected = None, anyio.Event()
             stopped = Unavailable("the model process stopped")
@@ -305,12 +320,12 @@ class RemoteEngine:
             log.warning("model_process_gone", failed_jobs=failing, held_jobs=len(self._jobs))
             stream = await _connect(self.path, math.inf)
 
-    async def _receive(self, stream: SocketStream) -> None:
+    async def _receive(self, messages: AsyncIterator[ToFront]) -> None:
         """Hand each answer to its job until the connection ends."""
         labels = len(self.model.labels)
         jobs = self._jobs
         try:
-            async for message in receive(stream, ToFront):
+            async for message in messages:
                 if isinstance(message, Accepted):
                     if (job := jobs.get(message.job)) is not None:
                         job.accept()

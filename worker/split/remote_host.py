@@ -1,5 +1,6 @@
 """A front process's counterpart of ``EngineHost``: the connection to the model process, for the
-pod's front processes (``python -m worker pod --front-processes N``).
+pod's front processes (``python -m worker pod --front-processes N``) and a serverless worker with
+a model process (``python -m worker serverless --model-process``).
 
 It answers what the pod asks of a host: the engine while jobs can be sent (a ``RemoteEngine``
 that is connected), why not when they cannot, where the model runs and what the shared queue
@@ -33,12 +34,15 @@ ASK_TIMEOUT_S = 5.0
 class RemoteHost:
     """One front's connection to the model process: ``serve`` in a task until ``stop``."""
 
-    def __init__(self, settings: Settings, path: str | Path, *, model: NliModel | None = None) -> None:
+    def __init__(
+        self, settings: Settings, path: str | Path, *, model: NliModel | None = None, rerun_lost: bool = False
+    ) -> None:
         """``path``: the model process's socket; ``model``: the head to tokenize with (default
-        ``NliModel.load_head(settings.model_name)``)."""
+        ``NliModel.load_head(settings.model_name)``); ``rerun_lost``: the ``RemoteEngine``'s."""
         self.settings = settings
         self.path = Path(path)
         self._model = model
+        self._rerun_lost = rerun_lost
         self._engine: RemoteEngine | None = None
         self._failure: Unavailable | None = None
         self._ready: anyio.Event | None = None
@@ -49,6 +53,11 @@ class RemoteHost:
         """The engine while the model process is connected, else None."""
         engine = self._engine
         return engine if engine is not None and engine.connected else None
+
+    @property
+    def gone(self) -> bool:
+        """Whether the model process this front was connected to has gone and is not back yet."""
+        return self._engine is not None and not self._engine.connected
 
     @property
     def failure(self) -> Unavailable | None:
@@ -71,7 +80,9 @@ class RemoteHost:
         try:
             head = self._model or NliModel.load_head(self.settings.model_name)
             tune_garbage_collector()  # as EngineHost does once its model is warm, before any job
-            async with RemoteEngine.connect(self.settings, self.path, model=head, connect_timeout_s=math.inf) as engine:
+            async with RemoteEngine.connect(
+                self.settings, self.path, model=head, connect_timeout_s=math.inf, rerun_lost=self._rerun_lost
+            ) as engine:
                 self._engine = engine
                 ready.set()
                 await stop.wait()

@@ -1,5 +1,6 @@
-"""One ``/metrics`` for a pod of several processes: every front's series and the model process's,
-each sample labelled with the ``process`` it came from (``front-0``, ``front-1``, ..., ``model``).
+"""One set of metrics for a worker of several processes (a pod of fronts, or a serverless worker
+with its model process): every front's series and the model process's, each sample labelled with
+the ``process`` it came from (``front-0``, ``front-1``, ..., ``model``).
 
 Each process keeps its own registry (``worker/metrics.py``); a scrape asks the others for theirs
 in OpenMetrics' text format and merges them by family. A series is taken from the processes that
@@ -11,7 +12,7 @@ While the model process does not answer, its part is ``nli_model_ready`` 0 alone
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
@@ -19,7 +20,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Sample
 
-__all__ = ["FRONT_SERIES", "MODEL", "OPENMETRICS", "Families", "merge", "not_ready", "parse"]
+__all__ = ["FRONT_SERIES", "MODEL", "OPENMETRICS", "Families", "Merged", "merge", "not_ready", "parse"]
 
 MODEL = "model"
 """The model process's ``process`` label; a front's is ``front-<number>``."""
@@ -67,3 +68,18 @@ class Families(CollectorRegistry):
 
     def collect(self) -> Iterable[Metric]:
         return iter(self._families)
+
+
+class Merged(CollectorRegistry):
+    """A front's registry and its model process's series, merged at each collect: what a
+    serverless worker with a model process serves on ``METRICS_PORT`` and pushes.
+    ``model`` answers the model process's OpenMetrics text, or None while it does not answer."""
+
+    def __init__(self, front: CollectorRegistry, model: Callable[[], bytes | None]) -> None:
+        super().__init__(auto_describe=False)
+        self._front, self._model = front, model
+
+    def collect(self) -> Iterable[Metric]:
+        text = self._model()
+        model = parse(text) if text is not None else not_ready()
+        return iter(merge([("front-0", self._front.collect()), (MODEL, model)]))
