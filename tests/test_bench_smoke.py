@@ -205,3 +205,16 @@ def test_fronts_bench_smoke_run_compares_the_three_pods(tmp_path: Path) -> None:
     for fronts in ("1 front", "2 fronts"):  # every process of the pod, beyond the model process
         assert run[fronts]["sustained"]["all_cpu_us_a_job"] > run[fronts]["sustained"]["cpu_us_a_job"]
     assert "2 fronts: median ×" in (tmp_path / "fronts.md").read_text()
+
+
+def test_serverless_path_bench_runs_the_sdk_worker_in_both_layouts(tmp_path: Path) -> None:
+    """bench/serverless_path.py at its smallest: in process, and one SDK worker with and without
+    a model process, every job completed (the bench asserts it)."""
+    command = [sys.executable, "bench/serverless_path.py", "--jobs", "16", "--rounds", "1", "--model", "synthetic:tiny",
+               "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rounds = json.loads((tmp_path / "serverless_path.json").read_text())["rounds"]
+    assert set(rounds) == {"in process", "serverless", "serverless, model process"}
+    assert all(run["wall_ms"] > 0 for way in rounds.values() for run in way)
+    assert "| the same, --model-process |" in (tmp_path / "serverless_path.md").read_text()
