@@ -128,7 +128,8 @@ def test_a_job_id_names_the_front_that_holds_it() -> None:
     mine, theirs = peers.new_job_id(), Peers(front=2, fronts=3, run_dir="/nonexistent").new_job_id()
     assert mine.startswith("0-") and theirs.startswith("2-")
     assert peers.owner(mine) is None and peers.owner(theirs) == 2  # relay only what another front holds
-    for stranger in ("3-x", "99999-x", "x-1", "1", "", "-1-x", "a1b2c3d4-0000-4000-8000-000000000000"):
+    strangers = ("3-x", "99999-x", "x-1", "1", "", "-1-x", "a1b2c3d4-0000-4000-8000-000000000000", "²-x", "１-x", "٢-x")
+    for stranger in strangers:  # unicode digits too: "²" is a digit to str.isdigit, not to int()
         assert peers.owner(stranger) is None, stranger  # not a front of this pod: answered here (404)
 
 

@@ -8,6 +8,7 @@ is checked whichever front the kernel would have chosen.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -79,6 +80,9 @@ async def test_every_front_answers_for_every_job_and_the_pod_is_counted_whole(
                 scrape = (await client.get("/metrics")).text
                 purged = (await client.post("/purge-queue", headers=key)).json()
                 unknown = await front_0.get(f"/status/1-{ids[0].partition('-')[2]}")
+                hostile = [await each.request(method, f"/{route}/{job_id}", headers=key)
+                           for job_id in ("²-x", "１-x", "1-" + "a" * 4000, "1-a%3Fb", "1-%00", "0-ü", "99999-x")
+                           for each in (front_0, front_1) for method, route in (("GET", "status"), ("POST", "cancel"))]  # fmt: skip
                 unauthorised = await front_0.get(f"/status/{ids[1]}", headers={"Authorization": "Bearer nope"})
                 told_to_stay_local = await client.get("/health", headers={**key, "x-burst-nli-relayed": "1"})
             process.send_signal(signal.SIGTERM)
@@ -102,6 +106,7 @@ async def test_every_front_answers_for_every_job_and_the_pod_is_counted_whole(
         assert lint.returncode == 0, lint.stdout + lint.stderr
     assert purged == {"removed": 0, "status": "completed"}
     assert unknown.status_code == 404 and "no job" in unknown.json()["error"]
+    assert [(answer.status_code, answer.json()["error"][:10]) for answer in hostile] == [(404, "not_found:")] * len(hostile)
     assert unauthorised.status_code == 401  # a front's own socket asks for the key too
 
 
@@ -157,3 +162,32 @@ async def test_a_killed_model_process_or_front_is_started_again(tmp_path: Path) 
     assert served["status"] == kept["status"] == "COMPLETED"
     assert lost.status_code == 404 and "the front process that took it has stopped" in lost.json()["error"]
     assert still.json()["status"] == "COMPLETED"  # a front that goes takes only its own jobs
+
+
+async def test_a_full_queue_is_429_from_either_front_and_every_accepted_job_completes(tmp_path: Path) -> None:
+    # Reliability scenario 4 over HTTP in a pod of fronts: the model process admits every front's
+    # jobs against one queue, so a full queue is refused by whichever front took the job.
+    lines: list[dict] = []
+    with anyio.fail_after(150):
+        async with pod_process(tmp_path, lines, {"MAX_QUEUE_PAIRS": "320"}, *FRONTS) as (process, reader, client):
+            async with fronts(lines, {}) as (front_0, front_1):
+                jobs = slow_burst(12)  # 160 pairs each, against room for 320
+                answers = await asyncio.gather(
+                    *(each.post("/run", json={"input": job}) for each, job in zip([front_0, front_1] * 6, jobs))
+                )
+                accepted = [answer.json()["id"] for answer in answers if answer.status_code == 200]
+                refused = [answer for answer in answers if answer.status_code != 200]
+                results = await poll_until_done(front_0, accepted)
+                health = (await front_1.get("/health")).json()
+                scrape = (await client.get("/metrics")).text
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert accepted and refused
+    for answer in refused:
+        assert answer.status_code == 429 and float(answer.headers["retry-after"]) > 0
+        assert answer.json()["error"].startswith("overloaded: ")
+    assert [results[job_id]["status"] for job_id in accepted] == ["COMPLETED"] * len(accepted)
+    assert health["jobs"]["completed"] == len(accepted) and health["jobs"]["failed"] == 0
+    rejected = [sample for family in text_string_to_metric_families(scrape) for sample in family.samples
+                if sample.name == "nli_rejected_total"]  # fmt: skip
+    assert sum(sample.value for sample in rejected) == len(refused)  # each refusal counted once, by its front

@@ -63,7 +63,7 @@ class Peers:
         """The other front that holds ``job_id``, by its prefix; None for this front's ids and
         for any id that names no front of this pod."""
         prefix, dash, _ = job_id.partition("-")
-        if not dash or not prefix.isdigit() or len(prefix) > 4:
+        if not dash or not (prefix.isascii() and prefix.isdigit()) or len(prefix) > 4:  # "²".isdigit() too
             return None
         front = int(prefix)
         return front if front < self.fronts and front != self.front else None
