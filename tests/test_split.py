@@ -213,6 +213,32 @@ async def test_a_serverless_front_holds_its_jobs_through_one_model_process_resta
             assert second.engine.batcher.stats.jobs_submitted == 3
 
 
+async def test_a_job_arriving_before_the_front_reaches_a_listening_model_process_is_not_refused(tiny_model, monkeypatch):
+    # Fronts try the model process's socket every RECONNECT_S; a pod whose other front is ready
+    # already sends this one jobs in between. Asking now (connect_now) reaches it at once.
+    import tempfile
+    from pathlib import Path
+
+    from worker.split import remote_engine
+    from worker.split.remote_host import RemoteHost
+
+    monkeypatch.setattr(remote_engine, "RECONNECT_S", 3600.0)  # no attempt but those asked for
+    with tempfile.TemporaryDirectory(prefix="burst-nli-") as folder:
+        path = Path(folder) / "model.sock"
+        host = RemoteHost(settings(), path, model=tiny_model)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(host.serve)
+            with anyio.fail_after(30):
+                await host.connect_now()  # nothing listens yet: it says so at once
+            assert host.engine is None
+            async with model_process(settings(), tiny_model, path):
+                with anyio.fail_after(30):
+                    await host.connect_now()
+                assert host.engine is not None
+                assert (await host.engine.enqueue(pairs_about(HEADLINE)).logits()).shape == (2, 3)
+                host.stop()
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_model_process_that_stops_mid_burst_leaves_no_job_hanging_or_wrong(tmp_path, stop):
     path = tmp_path / "model.sock"

@@ -187,10 +187,12 @@ class PodApp:
 
     # ---- jobs -------------------------------------------------------------------------------
 
-    def serving_engine(self) -> Engine:
+    async def serving_engine(self) -> Engine:
         """The engine, or the ``Unavailable`` a job is refused with (503, Retry-After)."""
         if self.closing or self._task_group is None:
             raise Unavailable("the server is shutting down" if self.closing else "the server is not started")
+        if self.engine is None and isinstance(self.host, RemoteHost):
+            await self.host.connect_now()  # a front of several: its model process may listen already
         if self.engine is None:
             raise self.failure or Unavailable("the model is loading; retry shortly")
         return self.engine
@@ -210,7 +212,7 @@ class PodApp:
     async def submit(self, request: Request) -> JobRecord:
         """Read, decode and admit a job now (or raise why not), then run it in the background."""
         try:
-            engine = self.serving_engine()
+            engine = await self.serving_engine()
             body = decode_run_request(await read_body(request, self.settings.max_body_bytes))
             if body.webhook is not None:
                 check_webhook(body.webhook, allow_private=self.settings.webhook_allow_private)

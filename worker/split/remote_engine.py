@@ -43,7 +43,33 @@ from worker.tokenizing import Pair, PairTokenizer, premises_of
 log = structlog.get_logger("worker.split.remote_engine")
 
 RECONNECT_S = 0.25
-"""How often a front that lost its model process tries its socket again."""
+"""How often a front that lost its model process tries its socket again (unless ``Knock``ed)."""
+
+
+class Knock:
+    """A front's attempts to reach its model process, on demand: between two attempts it waits
+    ``RECONNECT_S``, or less once someone ``knock``s (a job arrived and would be refused)."""
+
+    def __init__(self) -> None:
+        self._wake = anyio.Event()
+        self._failed = anyio.Event()
+
+    async def knock(self) -> None:
+        """Have an attempt made now; return once one has found no model process to serve."""
+        failed = self._failed
+        self._wake.set()
+        await failed.wait()
+
+    async def pause(self) -> None:
+        """Between two attempts."""
+        with anyio.move_on_after(RECONNECT_S):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    def failed(self) -> None:
+        """An attempt found nothing listening, or a process that did not say ``Hello``."""
+        self._failed.set()
+        self._failed = anyio.Event()
 
 
 class RemoteJob:
@@ -123,7 +149,9 @@ class RemoteJob:
 class RemoteEngine:
     """A front's view of the model process: ``async with RemoteEngine.connect(...) as engine``."""
 
-    def __init__(self, model: NliModel, settings: Settings, path: Path, *, rerun_lost: bool = False) -> None:
+    def __init__(
+        self, model: NliModel, settings: Settings, path: Path, *, rerun_lost: bool = False, knock: Knock | None = None
+    ) -> None:
         self.model = model
         """The model's tokenizer and labels, without weights (``NliModel.load_head``)."""
         self.settings = settings
@@ -131,6 +159,7 @@ class RemoteEngine:
         """The model process's socket."""
         self.rerun_lost = rerun_lost
         """Hold jobs while the model process is gone, and send the lost ones again once."""
+        self.knock = knock or Knock()
         self._held: list[RemoteJob] = []
         """Jobs waiting for a model process to listen again (``rerun_lost``)."""
         self._closed = False
@@ -154,15 +183,15 @@ class RemoteEngine:
     @asynccontextmanager
     async def connect(
         cls, settings: Settings, path: str | Path, *, model: NliModel | None = None, connect_timeout_s: float = 0.0,
-        rerun_lost: bool = False,
+        rerun_lost: bool = False, knock: Knock | None = None,
     ) -> AsyncIterator[RemoteEngine]:  # fmt: skip
         """Connect to the model process on the Unix socket ``path`` (waiting up to
         ``connect_timeout_s`` for it to listen: ``Unavailable`` after that) and serve jobs until
         exit, connecting again whenever the connection ends. ``model`` defaults to
         ``NliModel.load_head(settings.model_name)``."""
         head = model or NliModel.load_head(settings.model_name)
-        engine = cls(head, settings, Path(path), rerun_lost=rerun_lost)
-        stream = await _connect(engine.path, connect_timeout_s)
+        engine = cls(head, settings, Path(path), rerun_lost=rerun_lost, knock=knock)
+        stream = await _connect(engine.path, connect_timeout_s, engine.knock)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(engine._stay_connected, stream, name="nli-model-connection")
             tasks.start_soon(engine._send_ticks, name="nli-front-tokenizer")
@@ -291,8 +320,9 @@ class RemoteEngine:
             if not isinstance(hello, Hello):
                 await messages.aclose()
                 await stream.aclose()
-                await anyio.sleep(RECONNECT_S)
-                stream = await _connect(self.path, math.inf)
+                self.knock.failed()
+                await self.knock.pause()
+                stream = await _connect(self.path, math.inf, self.knock)
                 continue
             self.hello = hello
             async with stream, anyio.create_task_group() as connection:
@@ -318,7 +348,7 @@ class RemoteEngine:
             self._lost.set()
             self._lost = anyio.Event()
             log.warning("model_process_gone", failed_jobs=failing, held_jobs=len(self._jobs))
-            stream = await _connect(self.path, math.inf)
+            stream = await _connect(self.path, math.inf, self.knock)
 
     async def _receive(self, messages: AsyncIterator[ToFront]) -> None:
         """Hand each answer to its job until the connection ends."""
@@ -401,15 +431,16 @@ class _Question:
         return self.answer
 
 
-async def _connect(path: Path, timeout_s: float) -> SocketStream:
-    """A connection to ``path``, tried every ``RECONNECT_S`` for ``timeout_s`` while no model
-    process listens there."""
+async def _connect(path: Path, timeout_s: float, knock: Knock) -> SocketStream:
+    """A connection to ``path``, tried every ``RECONNECT_S`` (or when knocked) for ``timeout_s``
+    while no model process listens there."""
     with anyio.move_on_after(timeout_s):
         while True:
             try:
                 return await anyio.connect_unix(path)
             except OSError:
-                await anyio.sleep(RECONNECT_S)
+                knock.failed()
+                await knock.pause()
     try:
         return await anyio.connect_unix(path)
     except OSError as err:

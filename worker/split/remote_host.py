@@ -23,7 +23,7 @@ from worker.engine import tune_garbage_collector
 from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.model_process import failure_note
-from worker.split.remote_engine import RemoteEngine
+from worker.split.remote_engine import Knock, RemoteEngine
 
 T = TypeVar("T")
 
@@ -43,6 +43,7 @@ class RemoteHost:
         self.path = Path(path)
         self._model = model
         self._rerun_lost = rerun_lost
+        self._knock = Knock()
         self._engine: RemoteEngine | None = None
         self._failure: Unavailable | None = None
         self._ready: anyio.Event | None = None
@@ -81,8 +82,9 @@ class RemoteHost:
             head = self._model or NliModel.load_head(self.settings.model_name)
             tune_garbage_collector()  # as EngineHost does once its model is warm, before any job
             async with RemoteEngine.connect(
-                self.settings, self.path, model=head, connect_timeout_s=math.inf, rerun_lost=self._rerun_lost
-            ) as engine:
+                self.settings, self.path, model=head, connect_timeout_s=math.inf, rerun_lost=self._rerun_lost,
+                knock=self._knock,
+            ) as engine:  # fmt: skip
                 self._engine = engine
                 ready.set()
                 await stop.wait()
@@ -101,6 +103,26 @@ class RemoteHost:
             raise self.failure or Unavailable("the front process has stopped")
         await self._engine.wait_connected()
         return self._engine
+
+    async def connect_now(self) -> None:
+        """Try the model process's socket now rather than at the next attempt: a job that
+        arrives in the moment between a model process listening and this front reaching it is
+        served, not refused. Returns once connected, or once an attempt found nothing there."""
+        if self.engine is not None:
+            return
+        ready, _ = self._events()
+        with anyio.move_on_after(ASK_TIMEOUT_S):
+            async with anyio.create_task_group() as attempt:
+
+                async def until_connected() -> None:
+                    await ready.wait()
+                    if self._engine is not None:
+                        await self._engine.wait_connected()
+                    attempt.cancel_scope.cancel()
+
+                attempt.start_soon(until_connected)
+                await self._knock.knock()
+                attempt.cancel_scope.cancel()
 
     def stop(self) -> None:
         _, stop = self._events()
