@@ -169,7 +169,7 @@ def _loop_jobs(scale: Scale) -> list[dict]:
 
 
 async def server_rows(settings: Settings, model: NliModel, scale: Scale, forwards: list[str], http: bool,
-                      log_dir: Path) -> list[dict]:
+                      log_dir: Path, pods: list[int | None]) -> list[dict]:
     rows = []
     for forward in forwards:
         rows.append(await inproc_row(settings, model, forward, scale))
@@ -178,7 +178,7 @@ async def server_rows(settings: Settings, model: NliModel, scale: Scale, forward
         async with client_pool(scale.client_procs) as pool:
             rows.append(await trivial_row(scale, pool, log_dir))
             for forward in forwards:
-                for fronts in (None, 1, 2):
+                for fronts in pods:
                     rows.append(await pod_row(settings, forward, scale, pool, log_dir, fronts))
     return rows
 
@@ -212,9 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
     parser.add_argument("--forwards", default="free,h100", help=f"comma-separated, of {', '.join(FORWARDS)}")
     parser.add_argument("--no-http", action="store_true", help="skip the pod and trivial-server rows")
+    parser.add_argument("--pods", default="0,1,2",
+                        help="the pods over HTTP, by front processes (0: the pod in one process); default %(default)s")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    pods = [int(count) or None for count in args.pods.split(",")]
     configure_logging("WARNING")
     os.environ.setdefault("PREMISE_CACHE_SIZE", "0")  # every burst's headlines are new (the pod inherits it)
     settings = gpu_policy(Settings.from_env(model_name=args.model, device="cpu", log_level="WARNING"))
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     forwards = args.forwards.split(",")
     costs = stage_costs(model, settings, classify_jobs(scale.jobs))
     rows = anyio.run(server_rows, settings, model, scale, forwards, not args.no_http,
-                     args.out or Path("bench/results"))
+                     args.out or Path("bench/results"), pods)
     policy = settings.batch_policy(on_gpu=True)
     header = (f"host {cpu_model()}, model {args.model} (tokenizer and limits; forward emulated), "
               f"max_batch_tokens {policy.max_batch_tokens}, max_batch_pairs {policy.max_batch_items}; "

@@ -13,7 +13,7 @@ import anyio.abc
 from loadtest.chaos.inproc import cancel_storm, deadlines, out_of_memory, overload, poison_pair
 from loadtest.chaos.ledger import ScenarioReport, healthy, table
 from loadtest.chaos.loopback import http_overload, soak
-from loadtest.chaos.processes import process_restarts
+from loadtest.chaos.processes import process_restarts, soak_processes
 from loadtest.chaos.restart import worker_restart
 from worker.model import NliModel
 
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, Callable[[NliModel], Awaitable[ScenarioReport]]] = {
     "soak": soak,
     "restart": worker_restart,
     "process-restarts": process_restarts,
+    "soak-processes": soak_processes,
 }
 
 
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     model = NliModel.load(args.model, device="cpu")
     names = args.only or list(SCENARIOS)
-    scenarios = {**SCENARIOS, "soak": functools.partial(soak, seconds=args.soak_seconds)}
+    scenarios = {**SCENARIOS, "soak": functools.partial(soak, seconds=args.soak_seconds),
+                 "soak-processes": functools.partial(soak_processes, seconds=args.soak_seconds)}  # fmt: skip
 
     async def main() -> list[ScenarioReport]:
         return [await scenarios[name](model) for name in names]

@@ -1,6 +1,7 @@
-"""The process-restart scenario: a pod of two front processes and a model process
-(``python -m worker pod --front-processes 2``) whose model process, then one front, is SIGKILLed
-mid-load and started again by the pod's supervisor, its callers on ``burst_nli_client``."""
+"""Scenarios against a pod of two front processes and a model process (``python -m worker pod
+--front-processes 2``) as a real process tree: its model process, then one front, SIGKILLed
+mid-load and started again by the pod's supervisor, its callers on ``burst_nli_client``; and the
+soak, every process of the pod sampled."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
+import anyio
+from prometheus_client.parser import text_string_to_metric_families
+
 from loadtest.chaos.ledger import Ledger, ScenarioReport, classify_inputs, run_all
-from loadtest.chaos.loopback import paced, still_serves_http
+from loadtest.chaos.loopback import NO_RETRY, http_job, paced, soak_flatness, soak_inputs, still_serves_http
 from loadtest.chaos.restart import same_headlines, wait_through_restart, pod_under_test, submit_until_taken
 from loadtest.headlines import headlines
 from schemas import Limits
@@ -81,3 +86,68 @@ async def process_restarts(
         **report.figures,
     }
     return report
+
+
+async def soak_processes(
+    model: NliModel, seconds: float = 120.0, jobs_per_s: float = 60.0, ttl_s: float = 3.0, sample_s: float = 0.5,
+    log_dir: str | Path | None = None,
+) -> ScenarioReport:  # fmt: skip
+    """Scenario 7 against a pod of two fronts: the peak minute's jobs cycled at ``jobs_per_s`` for
+    ``seconds`` (``JOB_TTL_S=ttl_s``; half ``/runsync``, half ``/run`` and polling), sampling every
+    ``sample_s`` the memory of every process of the pod (``process_resident_memory_bytes`` from its
+    own ``/metrics``, summed over ``process``) and the jobs the fronts hold (``/health``). Both must
+    stay flat after the warm-up, and once the load stops and the TTL passes no front holds a job."""
+    report = ScenarioReport("soak, pod of fronts")
+    inputs = soak_inputs(max(1, int(seconds * jobs_per_s)))
+    samples: list[tuple[float, float, int]] = []
+    counts: Counter[str] = Counter()
+    pod_of_fronts = pod_under_test(model, log_dir, counts, prefix="burst-nli-soak-", front_processes=2,
+                                   env={"JOB_TTL_S": str(ttl_s)}, retry=NO_RETRY)  # fmt: skip
+    async with pod_of_fronts as (pod, client), aiohttp.ClientSession() as scraper:
+        started = time.perf_counter()
+        processes: set[str] = set()
+
+        async def sample() -> None:
+            while True:
+                held = sum((await client.health())["jobs"].values())
+                async with scraper.get(f"{pod.base_url}/metrics") as response:
+                    memory = _resident_bytes(await response.text())
+                processes.update(memory)
+                samples.append((time.perf_counter() - started, sum(memory.values()) / 2**20, held))
+                await anyio.sleep(sample_s)
+
+        async def one(index: int, ledger: Ledger) -> None:
+            sent = time.perf_counter()
+            state, _ = await http_job(client, inputs[index], sync=index % 2 == 0)
+            if state == "completed":
+                report.latencies_s.append(time.perf_counter() - sent)
+            if state is not None:
+                ledger.end(index, state)
+
+        async with anyio.create_task_group() as sampler:
+            sampler.start_soon(sample)
+            await run_all(report, len(inputs), one, arrivals=paced(jobs_per_s))
+            load_s = time.perf_counter() - started
+            await anyio.sleep(ttl_s + 2 * sample_s)  # retention is by time: wait it out, still sampling
+            sampler.cancel_scope.cancel()
+        held_after_ttl = sum((await client.health())["jobs"].values())
+        still = await still_serves_http(client)
+    report.figures.update(
+        jobs_per_s=jobs_per_s,
+        ttl_s=ttl_s,
+        processes_sampled=sorted(processes),
+        **soak_flatness(samples, load_s, retention_jobs=jobs_per_s * ttl_s),
+        jobs_held_after_ttl=held_after_ttl,
+        **still,
+    )
+    return report
+
+
+def _resident_bytes(exposition: str) -> dict[str, float]:
+    """Each process's resident memory, by its ``process`` label, from the pod's one scrape."""
+    return {
+        sample.labels["process"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "process_resident_memory_bytes"
+    }

@@ -131,18 +131,16 @@ async def worker_restart(
 @asynccontextmanager
 async def pod_under_test(
     model: NliModel, log_dir: str | Path | None, counts: Counter[str], *, prefix: str,
-    front_processes: int | None = None,
+    front_processes: int | None = None, env: dict[str, str] | None = None, retry: RetryPolicy = RESTART_RETRY,
 ) -> AsyncIterator[tuple[PodProcess, Client]]:  # fmt: skip
-    """A started ``PodProcess`` that serves, and a client of it retrying as ``RESTART_RETRY``
-    says, counting failed requests and 503s in ``counts``; the pod is killed on the way out.
-    ``log_dir`` keeps its logs (a temporary directory otherwise)."""
+    """A started ``PodProcess`` that serves (``env`` added to its environment), and a client of
+    it retrying as ``retry`` says, counting failed requests and 503s in ``counts``; the pod is
+    killed on the way out. ``log_dir`` keeps its logs (a temporary directory otherwise)."""
     with contextlib.ExitStack() as stack:
         if log_dir is None:
             log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
-        pod = PodProcess(model, _free_port(), Path(log_dir), front_processes)
-        async with _counting_session(counts) as session, http_client(
-            pod.base_url, retry=RESTART_RETRY, session=session
-        ) as client:
+        pod = PodProcess(model, _free_port(), Path(log_dir), front_processes, env)
+        async with _counting_session(counts) as session, http_client(pod.base_url, retry=retry, session=session) as client:
             try:
                 await pod.start()
                 await pod.wait_ready(client)
@@ -198,9 +196,13 @@ class PodProcess:
     ``log_dir/pod-<n>.log``; ``starts`` counts its lives (1 for the first). With
     ``front_processes``, a pod of that many fronts and a model process (``--front-processes``)."""
 
-    def __init__(self, model: NliModel, port: int, log_dir: Path, front_processes: int | None = None) -> None:
+    def __init__(
+        self, model: NliModel, port: int, log_dir: Path, front_processes: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.model_name = model.name
         self.front_processes = front_processes
+        self.env = env or {}
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_dir = log_dir
@@ -216,7 +218,7 @@ class PodProcess:
         env = {key: value for key, value in os.environ.items() if key != "API_KEY"}
         env.update(
             MODEL_NAME=self.model_name, DEVICE="cpu", WARMUP_MAX_LEN="16", LOG_LEVEL="INFO",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])), **self.env,
         )  # fmt: skip
         self.starts += 1
         command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", str(self.port)]
