@@ -4,7 +4,9 @@ Cases come from ``GET /openapi.json`` as the pod generates it (the same msgspec 
 jobs), with a fixed seed and a bounded number of cases an operation. Every answer must be what
 the contract says: never a 5xx, every 4xx the project's ``{"error": "<code>: ..."}``, bodies and
 statuses as documented. Jobs submitted before the fuzzing run beside it and must all complete,
-and the pod must still serve when it is over. RELIABILITY.md reports the count of cases.
+and the pod must still serve when it is over. It runs against the pod in one process and against
+a pod of two fronts (``--front-processes 2``), whose fronts relay requests for each other's
+jobs. RELIABILITY.md reports the count of cases.
 """
 
 from __future__ import annotations
@@ -53,16 +55,16 @@ def map_body(context: schemathesis.HookContext, body: object) -> object:
     return body
 
 
-@pytest.fixture(scope="module")
-def live_pod(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=[(), ("--front-processes", "2")], ids=["one-process", "two-fronts"])
+def live_pod(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """``python -m worker pod`` on a free port with the settings the document was made from; jobs
     are submitted to it before the fuzzing starts. Yields (base URL, their ids)."""
     env = {**os.environ, "MODEL_NAME": "synthetic:tiny", "DEVICE": "cpu", "WARMUP_MAX_LEN": "16", "API_KEY": KEY,
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     log = tmp_path_factory.mktemp("fuzz") / "pod.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "worker", "pod", "--port", "0"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "worker", "pod", "--port", "0", *request.param], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         url = _wait_listening(log, process)
         _wait_ready(url)
