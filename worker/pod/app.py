@@ -46,12 +46,12 @@ from worker.metrics import Metrics
 from worker.model import NliModel
 from worker.pod.http import NoSuchResource
 from worker.pod.peers import Peers, is_relayed
-from worker.split.process_metrics import MODEL, OPENMETRICS, Families, merge, not_ready, parse
 from worker.pod.requests import read_body
 from worker.pod.routes import build_app
 from worker.pod.webhooks import WebhookSender, check_webhook
 from worker.service import AdmittedJob, Engine, JobOutcome, accept_job, admit_job, finish_job
 from worker.settings import Settings
+from worker.split.process_metrics import MODEL, OPENMETRICS, Families, merge, not_ready, parse
 from worker.split.remote_host import RemoteHost
 
 log = structlog.get_logger("worker.pod")
