@@ -128,6 +128,17 @@ async def test_a_queued_job_past_its_deadline_times_out_and_leaves_the_model_que
         assert engine.batcher.stats.items == 2
 
 
+async def test_a_job_whose_deadline_is_shorter_than_a_round_trip_is_accepted_and_then_times_out(tiny_model):
+    # The pod answers /run once a job is accepted; a deadline of a microsecond must not turn that
+    # answer into a timeout (the fuzzer's 504 from a pod of fronts), as in one process.
+    for layout in ("one-process", "split"):
+        async with started(layout, settings(), tiny_model) as (front, _):
+            job = front.enqueue(pairs_about(HEADLINE), timeout_s=1e-6)
+            await job.accepted()
+            with pytest.raises(DeadlineExceeded):
+                await job.logits()
+
+
 async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model):
     import msgspec
 

@@ -76,7 +76,7 @@ class RemoteJob:
     """One job sent to the model process: await ``accepted()``, then ``logits()``."""
 
     __slots__ = (
-        "_engine", "key", "pairs", "hypotheses", "timeout_s", "wait_for_room", "sent", "rerun",
+        "_engine", "key", "pairs", "hypotheses", "timeout_s", "wait_for_room", "sent", "rerun", "queued",
         "_deadline", "_accepted", "_done", "_error", "_logits",
     )  # fmt: skip
 
@@ -94,6 +94,8 @@ class RemoteJob:
         """Whether its ``Submit`` has left (after its tick's tokenizing)."""
         self.rerun = False
         """Whether it was sent again after its model process stopped (``rerun_lost``)."""
+        self.queued = False
+        """Whether the model process said ``Accepted``: what ends it later is its result's."""
         self._deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
         self._accepted = anyio.Event()
         self._done = anyio.Event()
@@ -101,9 +103,11 @@ class RemoteJob:
         self._logits: np.ndarray | None = None
 
     async def accepted(self) -> None:
-        """Return once the pairs are in the model process's queue; raise what kept them out."""
-        await self._wait(self._accepted)
-        if self._error is not None:
+        """Return once the pairs are in the model process's queue; raise what kept them out.
+        Only a job held for room runs out of time here: any other is answered at once (a local
+        round trip, which may outlast a very short deadline), and its deadline is its result's."""
+        await self._wait(self._accepted, timed=self.wait_for_room)
+        if self._error is not None and not self.queued:
             raise self._error
 
     async def logits(self) -> np.ndarray:
@@ -114,9 +118,9 @@ class RemoteJob:
         assert self._logits is not None
         return self._logits
 
-    async def _wait(self, event: anyio.Event) -> None:
+    async def _wait(self, event: anyio.Event, *, timed: bool = True) -> None:
         try:
-            if self._deadline == math.inf:
+            if self._deadline == math.inf or not timed:
                 await event.wait()
                 return
             with anyio.move_on_after(self._deadline - anyio.current_time()):
@@ -134,6 +138,7 @@ class RemoteJob:
             self._engine._cancel(self)
 
     def accept(self) -> None:
+        self.queued = True
         self._accepted.set()
 
     def end(self, error: Exception | None, logits: np.ndarray | None = None) -> None:
