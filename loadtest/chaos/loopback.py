@@ -172,42 +172,56 @@ async def soak(
     the load stops and ``ttl_s`` has passed the server must hold no job at all."""
     report = ScenarioReport("soak")
     inputs = soak_inputs(max(1, int(seconds * jobs_per_s)))
-    samples: list[tuple[float, float, int]] = []
     async with running_server(pod_settings(model, job_ttl_s=ttl_s), model=model) as base_url, http_client(
         base_url
     ) as client:
-        started = time.perf_counter()
 
-        async def sample() -> None:
-            while True:
-                held = sum((await client.health())["jobs"].values())
-                samples.append((time.perf_counter() - started, rss_mb(), held))
-                await anyio.sleep(sample_s)
+        async def this_process_mb() -> float:
+            return rss_mb()
 
-        async def one(index: int, ledger: Ledger) -> None:
-            sent = time.perf_counter()
-            state, _ = await http_job(client, inputs[index], sync=index % 2 == 0)
-            if state == "completed":
-                report.latencies_s.append(time.perf_counter() - sent)
-            if state is not None:
-                ledger.end(index, state)  # outputs are not kept: they would grow this process's RSS
-
-        async with anyio.create_task_group() as sampler:
-            sampler.start_soon(sample)
-            await run_all(report, len(inputs), one, arrivals=paced(jobs_per_s))
-            load_s = time.perf_counter() - started
-            await anyio.sleep(ttl_s + 2 * sample_s)  # retention is by time: wait it out, still sampling
-            sampler.cancel_scope.cancel()
-        held_after_ttl = sum((await client.health())["jobs"].values())
-        still = await still_serves_http(client)
-    report.figures.update(
-        jobs_per_s=jobs_per_s,
-        ttl_s=ttl_s,
-        **soak_flatness(samples, load_s, retention_jobs=jobs_per_s * ttl_s),
-        jobs_held_after_ttl=held_after_ttl,
-        **still,
-    )
+        figures = await soak_load(report, client, inputs, jobs_per_s, ttl_s, sample_s, this_process_mb)
+    report.figures.update(figures)
     return report
+
+
+async def soak_load(
+    report: ScenarioReport, client: Client, inputs: Sequence[dict[str, Any]], jobs_per_s: float, ttl_s: float,
+    sample_s: float, memory_mb: Callable[[], Awaitable[float]],
+) -> dict[str, Any]:  # fmt: skip
+    """The soak's load and samples, whatever serves it: ``inputs`` at ``jobs_per_s`` (half
+    ``/runsync``, half ``/run`` and polling), ``memory_mb()`` and the jobs held (``/health``)
+    sampled every ``sample_s``, then ``ttl_s`` waited out; its figures."""
+    samples: list[tuple[float, float, int]] = []
+    started = time.perf_counter()
+
+    async def sample() -> None:
+        while True:
+            held = sum((await client.health())["jobs"].values())
+            samples.append((time.perf_counter() - started, await memory_mb(), held))
+            await anyio.sleep(sample_s)
+
+    async def one(index: int, ledger: Ledger) -> None:
+        sent = time.perf_counter()
+        state, _ = await http_job(client, inputs[index], sync=index % 2 == 0)
+        if state == "completed":
+            report.latencies_s.append(time.perf_counter() - sent)
+        if state is not None:
+            ledger.end(index, state)  # outputs are not kept: they would grow this process's RSS
+
+    async with anyio.create_task_group() as sampler:
+        sampler.start_soon(sample)
+        await run_all(report, len(inputs), one, arrivals=paced(jobs_per_s))
+        load_s = time.perf_counter() - started
+        await anyio.sleep(ttl_s + 2 * sample_s)  # retention is by time: wait it out, still sampling
+        sampler.cancel_scope.cancel()
+    held_after_ttl = sum((await client.health())["jobs"].values())
+    return {
+        "jobs_per_s": jobs_per_s,
+        "ttl_s": ttl_s,
+        **soak_flatness(samples, load_s, retention_jobs=jobs_per_s * ttl_s),
+        "jobs_held_after_ttl": held_after_ttl,
+        **await still_serves_http(client),
+    }
 
 
 def soak_inputs(count: int) -> list[dict[str, Any]]:

@@ -10,11 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-import anyio
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.chaos.ledger import Ledger, ScenarioReport, classify_inputs, run_all
-from loadtest.chaos.loopback import NO_RETRY, http_job, paced, soak_flatness, soak_inputs, still_serves_http
+from loadtest.chaos.loopback import NO_RETRY, paced, soak_inputs, soak_load, still_serves_http
 from loadtest.chaos.restart import same_headlines, wait_through_restart, pod_under_test, submit_until_taken
 from loadtest.headlines import headlines
 from schemas import Limits
@@ -99,47 +98,20 @@ async def soak_processes(
     stay flat after the warm-up, and once the load stops and the TTL passes no front holds a job."""
     report = ScenarioReport("soak, pod of fronts")
     inputs = soak_inputs(max(1, int(seconds * jobs_per_s)))
-    samples: list[tuple[float, float, int]] = []
     counts: Counter[str] = Counter()
     pod_of_fronts = pod_under_test(model, log_dir, counts, prefix="burst-nli-soak-", front_processes=2,
                                    env={"JOB_TTL_S": str(ttl_s)}, retry=NO_RETRY)  # fmt: skip
     async with pod_of_fronts as (pod, client), aiohttp.ClientSession() as scraper:
-        started = time.perf_counter()
         processes: set[str] = set()
 
-        async def sample() -> None:
-            while True:
-                held = sum((await client.health())["jobs"].values())
-                async with scraper.get(f"{pod.base_url}/metrics") as response:
-                    memory = _resident_bytes(await response.text())
-                processes.update(memory)
-                samples.append((time.perf_counter() - started, sum(memory.values()) / 2**20, held))
-                await anyio.sleep(sample_s)
+        async def every_process_mb() -> float:
+            async with scraper.get(f"{pod.base_url}/metrics") as response:
+                memory = _resident_bytes(await response.text())
+            processes.update(memory)
+            return sum(memory.values()) / 2**20
 
-        async def one(index: int, ledger: Ledger) -> None:
-            sent = time.perf_counter()
-            state, _ = await http_job(client, inputs[index], sync=index % 2 == 0)
-            if state == "completed":
-                report.latencies_s.append(time.perf_counter() - sent)
-            if state is not None:
-                ledger.end(index, state)
-
-        async with anyio.create_task_group() as sampler:
-            sampler.start_soon(sample)
-            await run_all(report, len(inputs), one, arrivals=paced(jobs_per_s))
-            load_s = time.perf_counter() - started
-            await anyio.sleep(ttl_s + 2 * sample_s)  # retention is by time: wait it out, still sampling
-            sampler.cancel_scope.cancel()
-        held_after_ttl = sum((await client.health())["jobs"].values())
-        still = await still_serves_http(client)
-    report.figures.update(
-        jobs_per_s=jobs_per_s,
-        ttl_s=ttl_s,
-        processes_sampled=sorted(processes),
-        **soak_flatness(samples, load_s, retention_jobs=jobs_per_s * ttl_s),
-        jobs_held_after_ttl=held_after_ttl,
-        **still,
-    )
+        figures = await soak_load(report, client, inputs, jobs_per_s, ttl_s, sample_s, every_process_mb)
+    report.figures.update(processes_sampled=sorted(processes), **figures)
     return report
 
 
