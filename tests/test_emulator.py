@@ -564,7 +564,8 @@ async def test_a_model_process_killed_mid_burst_costs_the_jobs_it_held_a_rerun_n
 ) -> None:
     # `serverless --model-process`: the model process SIGKILLed while it holds jobs. RunPod does
     # not retry a job a worker took and failed, so each one is run again on the model process
-    # started in its place; one scrape of the worker shows both processes' series.
+    # started in its place; one scrape of the worker shows both processes' series. Then SIGTERM
+    # (RunPod scaling the worker down) while it holds more: it finishes them before it stops.
     texts = headlines()
     metrics_port = free_port()
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -578,18 +579,20 @@ async def test_a_model_process_killed_mid_burst_costs_the_jobs_it_held_a_rerun_n
             "PYTHONPATH": str(ROOT),
         }  # fmt: skip
         log_path = tmp_path / "worker.log"
-        async with (
-            httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers, timeout=30) as client,
-            serverless_worker(env, log_path, tmp_path, ("--model-process",)),
-        ):
-            ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in jobs]
-            await wait_metric(metrics_url, 'nli_inflight_jobs{process="model"}', len(jobs), timeout_s=60)
-            started = [json.loads(line) for line in log_path.read_text().splitlines() if "worker_process_started" in line]
-            os.kill(started[0]["pid"], signal.SIGKILL)
-            final = await wait_all_final(client, ids, timeout_s=180)
-            await wait_metric(metrics_url, 'nli_model_ready{process="model"}', 1, timeout_s=30)
-            async with httpx.AsyncClient() as plain:
-                scraped = (await plain.get(metrics_url)).text
+        async with httpx.AsyncClient(base_url=emu.base_url, headers=emu.headers, timeout=30) as client:
+            async with serverless_worker(env, log_path, tmp_path, ("--model-process",)):
+                ids = [(await client.post("/run", json={"input": job})).json()["id"] for job in jobs]
+                await wait_metric(metrics_url, 'nli_inflight_jobs{process="model"}', len(jobs), timeout_s=60)
+                started = [json.loads(line) for line in log_path.read_text().splitlines() if "worker_process_started" in line]
+                os.kill(started[0]["pid"], signal.SIGKILL)
+                final = await wait_all_final(client, ids, timeout_s=180)
+                await wait_metric(metrics_url, 'nli_model_ready{process="model"}', 1, timeout_s=30)
+                async with httpx.AsyncClient() as plain:
+                    scraped = (await plain.get(metrics_url)).text
+                last = [(await client.post("/run", json={"input": jobs[0]})).json()["id"]]
+                await wait_metric(metrics_url, 'nli_inflight_jobs{process="model"}', 1, timeout_s=60)
+            # serverless_worker has sent SIGTERM and waited for the worker to exit
+            drained = await wait_all_final(client, last, timeout_s=10)
 
     assert [final[job_id]["status"] for job_id in ids] == ["COMPLETED"] * len(jobs), [final[i].get("error") for i in ids]
     assert all(len(final[job_id]["output"]["results"]) == 24 for job_id in ids)
@@ -599,4 +602,7 @@ async def test_a_model_process_killed_mid_burst_costs_the_jobs_it_held_a_rerun_n
     gone = [r for r in records if r["event"] == "model_process_gone"]
     assert len(gone) == 1 and gone[0]["failed_jobs"] == 0 and gone[0]["held_jobs"] == len(jobs)
     assert [r["process"] for r in records if r["event"] == "worker_process_died"] == ["model"]
-    assert emu.queue.stats.taken == len(jobs)
+    assert [drained[job_id]["status"] for job_id in last] == ["COMPLETED"] * len(last)
+    events = [r["event"] for r in records]
+    assert events.index("model_process_stopping") > max(i for i, r in enumerate(records) if r.get("logger") == "worker.engine")
+    assert emu.queue.stats.taken == len(jobs) + len(last)
