@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -317,43 +317,49 @@ class RemoteEngine:
         A connection counts once the model process's ``Hello`` has arrived: a process being
         killed can still take a connection on its socket, and would lose whatever was sent."""
         while True:
-            messages = receive(stream, ToFront)
-            try:
-                hello = await anext(messages, None)
-            except (FrameError, OSError):
-                hello = None
-            if not isinstance(hello, Hello):
-                await messages.aclose()
-                await stream.aclose()
+            async with stream, aclosing(receive(stream, ToFront)) as messages:  # closed however it ends
+                try:
+                    hello = await anext(messages, None)
+                except (FrameError, OSError):
+                    hello = None
+                if isinstance(hello, Hello):
+                    self.hello = hello
+                    await self._serve_connection(stream, messages)
+            if isinstance(hello, Hello):
+                self._connection_ended()
+            else:
                 self.knock.failed()
                 await self.knock.pause()
-                stream = await _connect(self.path, math.inf, self.knock)
-                continue
-            self.hello = hello
-            async with stream, anyio.create_task_group() as connection:
-                self._sender = Sender(stream)
-                connection.start_soon(self._sender.run, name="nli-model-sender")
-                self._unavailable = None
-                self._connected.set()
-                log.info("model_process_connected", socket=str(self.path), held_jobs=len(self._held))
-                if self._held:  # before any job enqueued since: they came first
-                    self._tick[:0], self._held = self._held, []
-                    self._ticked.set()
-                await self._receive(messages)
-                connection.cancel_scope.cancel()
-            self._sender, self._connected = None, anyio.Event()
-            stopped = Unavailable("the model process stopped")
-            failing = len(self._jobs)
-            if self.rerun_lost:
-                failing = self._hold_lost()
-                self._unavailable = stopped
-                self._end_questions()
-            else:
-                self._end_all(stopped)
-            self._lost.set()
-            self._lost = anyio.Event()
-            log.warning("model_process_gone", failed_jobs=failing, held_jobs=len(self._jobs))
             stream = await _connect(self.path, math.inf, self.knock)
+
+    async def _serve_connection(self, stream: SocketStream, messages: AsyncIterator[ToFront]) -> None:
+        """Send and receive over one connection (its ``Hello`` read) until it ends."""
+        async with anyio.create_task_group() as connection:
+            self._sender = Sender(stream)
+            connection.start_soon(self._sender.run, name="nli-model-sender")
+            self._unavailable = None
+            self._connected.set()
+            log.info("model_process_connected", socket=str(self.path), held_jobs=len(self._held))
+            if self._held:  # before any job enqueued since: they came first
+                self._tick[:0], self._held = self._held, []
+                self._ticked.set()
+            await self._receive(messages)
+            connection.cancel_scope.cancel()
+
+    def _connection_ended(self) -> None:
+        """End (or, with ``rerun_lost``, hold) every job the connection had."""
+        self._sender, self._connected = None, anyio.Event()
+        stopped = Unavailable("the model process stopped")
+        failing = len(self._jobs)
+        if self.rerun_lost:
+            failing = self._hold_lost()
+            self._unavailable = stopped
+            self._end_questions()
+        else:
+            self._end_all(stopped)
+        self._lost.set()
+        self._lost = anyio.Event()
+        log.warning("model_process_gone", failed_jobs=failing, held_jobs=len(self._jobs))
 
     async def _receive(self, messages: AsyncIterator[ToFront]) -> None:
         """Hand each answer to its job until the connection ends."""
