@@ -33,6 +33,21 @@ def pairs_about(headline: str) -> list[tuple[str, str]]:
     return [(headline, hypothesis) for hypothesis in HYPOTHESES]
 
 
+async def stop_while_one_runs_and_one_waits(served, front, model, monkeypatch) -> tuple:
+    """Stop ``served``'s model process while one of ``front``'s jobs is in a batch and another is
+    queued behind it; return once the front has seen it go: ``(running, queued)``."""
+    with held_batches(model, monkeypatch) as (entered, release):
+        running = front.enqueue(pairs_about("Fed Holds Rates"))
+        await anyio.to_thread.run_sync(entered.wait, 30)
+        queued = front.enqueue(pairs_about(HEADLINE))
+        await settled(front)
+        served.host.stop()
+        with anyio.fail_after(30):
+            await front.wait_disconnected()
+        release.set()
+    return running, queued
+
+
 async def test_every_operation_answers_as_in_one_process(tiny_model, example_jobs, check_job_output):
     outputs = {}
     for layout in ("one-process", "split"):
@@ -166,15 +181,7 @@ async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model)
 async def test_when_the_model_process_stops_jobs_fail_unavailable_until_it_is_back(tiny_model, monkeypatch):
     async with model_process(settings(**ROOMY_BATCHES), tiny_model) as model:
         async with connected(settings(), model.path, tiny_model) as front:
-            with held_batches(tiny_model, monkeypatch) as (entered, release):
-                running = front.enqueue(pairs_about("Fed Holds Rates"))
-                await anyio.to_thread.run_sync(entered.wait, 30)
-                queued = front.enqueue(pairs_about(HEADLINE))
-                await settled(front)
-                model.host.stop()
-                with anyio.fail_after(30):
-                    await front.wait_disconnected()
-                release.set()
+            running, queued = await stop_while_one_runs_and_one_waits(model, front, tiny_model, monkeypatch)
             for job in (running, queued):
                 with pytest.raises(Unavailable):
                     await job.logits()
@@ -195,15 +202,7 @@ async def test_a_serverless_front_holds_its_jobs_through_one_model_process_resta
 
     async with model_process(settings(**ROOMY_BATCHES), tiny_model) as first:
         async with RemoteEngine.connect(settings(), first.path, model=tiny_model, rerun_lost=True) as front:
-            with held_batches(tiny_model, monkeypatch) as (entered, release):
-                running = front.enqueue(pairs_about("Fed Holds Rates"))
-                await anyio.to_thread.run_sync(entered.wait, 30)
-                queued = front.enqueue(pairs_about(HEADLINE))
-                await settled(front)
-                first.host.stop()
-                with anyio.fail_after(30):
-                    await front.wait_disconnected()
-                release.set()
+            running, queued = await stop_while_one_runs_and_one_waits(first, front, tiny_model, monkeypatch)
             waiting = front.enqueue(pairs_about("Tesla Recalls Cars"))  # taken while it is gone: held, not refused
             await anyio.wait_all_tasks_blocked()
             assert front.inflight_jobs == 3 and not front.connected
