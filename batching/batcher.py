@@ -365,9 +365,12 @@ class Batcher(Generic[P, C, R]):
             self._free_room()
         self._jobs.discard(job)
         job.done.set()
-        if job.on_done is not None:
+        # Let go of the hook first: it holds whoever follows the job, who holds the job, a cycle
+        # that would leave every job's bookkeeping to the garbage collector.
+        on_done, job.on_done = job.on_done, None
+        if on_done is not None:
             try:
-                job.on_done(job.results if error is None and job.remaining == 0 else None, error)
+                on_done(job.results if error is None and job.remaining == 0 else None, error)
             except Exception:
                 log.exception("on_done_hook_failed")
 

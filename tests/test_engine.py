@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections import Counter
 
 import anyio
 import numpy as np
@@ -144,3 +145,25 @@ async def test_a_started_engine_has_frozen_its_start_up_heap_and_collects_young_
         frozen = gc.get_freeze_count()
     assert (young, middle, oldest) == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
     assert frozen > 0
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_a_finished_job_is_freed_at_once_not_left_to_the_garbage_collector(tiny_model, headlines, layout):
+    """A job's bookkeeping caught in a reference cycle lives on until the collector finds it: under
+    sustained load those collections were the largest cost in a model process (BENCHMARKS.md)."""
+    jobs = [[(h, hyp) for hyp in HYPOTHESES] for h in headlines[:8]]
+    async with started(layout, settings(), tiny_model) as (front, _):
+        await infer_together(front, jobs)  # warm: what a first job builds for good is not garbage
+        gc.collect()
+        gc.disable()
+        try:
+            await infer_together(front, jobs)
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = Counter(type(thing).__qualname__ for thing in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    job_bookkeeping = {"_Job", "_Entry", "Ticket", "_Admitted", "QueuedPairs", "RemoteJob", "PairTokens"}
+    assert not {name: n for name, n in left.items() if name in job_bookkeeping}
