@@ -21,9 +21,14 @@ the pod's sustained jobs/s and its process's CPU µs a job (``process_cpu_second
 ``--sustained``: the same closed loop in process, through the service path as above, reporting
 jobs/s and the process's CPU µs a job (``time.process_time``, every thread); the JSON also
 holds the garbage collections during the loop, their total and longest pause.
+``--split``: that closed loop through a front (``RemoteEngine``) and that version's model
+process (``bench/emulated.py --socket``), reporting jobs/s and the model process's CPU µs a job
+(``process_cpu_seconds_total`` from its ``METRICS_PORT``): the work that cannot spread over
+front processes (docs/PROCESSES.md).
 
     python bench/versions.py --pod --before HEAD~1 --rounds 6
     python bench/versions.py --sustained --before HEAD~1 --rounds 6
+    python bench/versions.py --split --before HEAD~1 --rounds 6
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BURST_JOBS = 339
 
 
-def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: float | None, concurrency: int) -> dict:
+def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: float | None, concurrency: int,
+          split: bool = False) -> dict:
     """Runs in a fresh process with ``repo`` first on the path: that version's code is measured."""
+    import contextlib
     import gc
     import os
     import time
@@ -71,7 +78,8 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
         model = emulated(NliModel.load(settings.model_name, device="cpu"), forward)
         schema, metrics = build_job_schema(settings.limits), Metrics(CollectorRegistry())
         jobs = classify_jobs(BURST_JOBS)
-        async with NliEngine.start(settings, model=model, metrics=metrics) as engine:
+        engines = split_engine(settings, model) if split else NliEngine.start(settings, model=model, metrics=metrics)
+        async with engines as engine:
 
             async def one(i: int, job: dict) -> None:
                 outcome = await finish_job(admit_job(engine, schema, job, job_id=str(i), metrics=metrics))
@@ -83,6 +91,11 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
                         tg.start_soon(one, i, job)
 
             await burst()  # warm
+            if split:
+                before = await model_process_cpu_s()
+                result = await sustained(one)
+                cpu_s = await model_process_cpu_s() - before
+                return {**result, "cpu_us_a_job": cpu_s / result["jobs"] * 1e6}
             if sustained_s is not None:
                 return await sustained(one)
             walls, cpus = [], []
@@ -121,8 +134,40 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
                 tg.start_soon(sender)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         gc.callbacks.remove(collected)
-        return {"jobs_per_s": done / wall, "cpu_us_a_job": cpu / done * 1e6, "gc_collections": len(collections),
-                "gc_ms": sum(collections) * 1e3, "gc_max_ms": max(collections, default=0.0) * 1e3}
+        return {"jobs": done, "jobs_per_s": done / wall, "cpu_us_a_job": cpu / done * 1e6,
+                "gc_collections": len(collections), "gc_ms": sum(collections) * 1e3,
+                "gc_max_ms": max(collections, default=0.0) * 1e3}
+
+    metrics_port = [0]
+
+    @contextlib.asynccontextmanager
+    async def split_engine(settings: Settings, model: NliModel) -> AsyncIterator[object]:
+        """A model process of this version on a Unix socket, and a front connected to it."""
+        from bench.servers import free_port
+        from worker.split.remote_engine import RemoteEngine
+
+        metrics_port[0] = free_port()
+        with tempfile.TemporaryDirectory(prefix="burst-nli-versions-") as folder:
+            socket = Path(folder) / "model.sock"
+            command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", model_name,
+                       "--socket", str(socket)]  # fmt: skip
+            env = {**os.environ, "METRICS_PORT": str(metrics_port[0]), "PREMISE_CACHE_SIZE": "0"}
+            process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
+            try:
+                async with RemoteEngine.connect(settings, socket, model=model, connect_timeout_s=600) as front:
+                    yield front
+            finally:
+                process.terminate()
+                process.wait(30)
+
+    async def model_process_cpu_s() -> float:
+        import aiohttp
+
+        from bench.batch_totals import text_totals
+
+        url = f"http://127.0.0.1:{metrics_port[0]}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return text_totals(await response.text()).cpu_s
 
     return anyio.run(run)
 
@@ -162,8 +207,8 @@ def measure(repo: Path, args: argparse.Namespace) -> dict:
         return anyio.run(pod_sustained, repo, args)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(repo), "--bursts", str(args.bursts),
                "--forward", args.forward, "--model", args.model, "--concurrency", str(args.concurrency)]  # fmt: skip
-    if args.sustained:
-        command += ["--sustained", "--seconds", str(args.seconds)]
+    if args.sustained or args.split:
+        command += ["--split" if args.split else "--sustained", "--seconds", str(args.seconds)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"the run in {repo} failed:\n{done.stderr[-3000:]}")
@@ -215,14 +260,16 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--pod", action="store_true", help="the pod over HTTP, sustained (see above)")
     mode.add_argument("--sustained", action="store_true", help="in process, sustained (see above)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="--pod, --sustained: the loop's length")
-    parser.add_argument("--concurrency", type=int, default=512, help="--pod, --sustained: jobs in flight")
+    mode.add_argument("--split", action="store_true", help="a front and a model process, sustained (see above)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="--pod, --sustained, --split: the loop's length")
+    parser.add_argument("--concurrency", type=int, default=512, help="--pod, --sustained, --split: jobs in flight")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        sustained_s = args.seconds if args.sustained else None
-        print(json.dumps(child(args.child, args.bursts, args.forward, args.model, sustained_s, args.concurrency)))
+        sustained_s = args.seconds if args.sustained or args.split else None
+        print(json.dumps(child(args.child, args.bursts, args.forward, args.model, sustained_s, args.concurrency,
+                               args.split)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -248,6 +295,11 @@ def main() -> None:
     elif args.sustained:
         header = (f"in process, classify jobs through the service path, {args.seconds:g} s at {args.concurrency} in "
                   f"flight, forward {args.forward} (emulated); {order}")
+        table = markdown(args.before, args.after or "this tree", rounds, SUSTAINED_FIGURES)
+    elif args.split:
+        header = (f"a front and a model process, classify jobs through the front's service path, {args.seconds:g} s "
+                  f"at {args.concurrency} in flight, forward {args.forward} (emulated), the model process's CPU; "
+                  f"{order}")
         table = markdown(args.before, args.after or "this tree", rounds, SUSTAINED_FIGURES)
     else:
         header = (f"{BURST_JOBS}-job classify bursts, forward {args.forward} (emulated), median of {args.bursts} "

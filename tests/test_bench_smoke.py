@@ -156,9 +156,10 @@ def test_versions_bench_alternates_two_revisions(tmp_path: Path) -> None:
     assert "burst-nli-versions-" not in listed  # the temporary worktree is gone
 
 
-@pytest.mark.parametrize("mode", ["--pod", "--sustained"])
+@pytest.mark.parametrize("mode", ["--pod", "--sustained", "--split"])
 def test_versions_bench_compares_two_versions_sustained_by_their_cpu_a_job(tmp_path: Path, mode: str) -> None:
-    """bench/versions.py --pod (each version's pod over HTTP) and --sustained (in process) at their smallest."""
+    """bench/versions.py --pod (each version's pod over HTTP), --sustained (in process) and --split
+    (a front and each version's model process) at their smallest."""
     command = [sys.executable, "bench/versions.py", mode, "--before", "HEAD", "--rounds", "1", "--seconds", "0.5",
                "--concurrency", "16", "--model", "synthetic:tiny", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
