@@ -107,13 +107,17 @@ def select_batch(
     prefix = list(accumulate(sorted_costs, initial=0))
 
     best_range, best_score = (oldest, oldest), None
+    cost: int | None = None
+    fit = half_full = padded = 0
     for hi in range(oldest, size):
-        padded = padded_length(sorted_costs[hi], multiple, cap)
-        fit = max(1, min(max_items, max_tokens // padded))
+        if sorted_costs[hi] != cost:  # a cost's padding, fit and half-full bound: once for its items
+            cost = sorted_costs[hi]
+            padded = padded_length(cost, multiple, cap)
+            fit = max(1, min(max_items, max_tokens // padded))
+            half_full = bisect_left(sorted_costs, (padded + 1) // 2, 0, oldest)
         lowest = hi - fit + 1
         if lowest > oldest:
             break  # longer items only fit fewer: no later run can hold the oldest
-        half_full = bisect_left(sorted_costs, (padded + 1) // 2, 0, oldest)
         lo = max(lowest, half_full, 0)
         score = 2 * (prefix[hi + 1] - prefix[lo]) - (hi - lo + 1) * padded
         if best_score is None or score > best_score:
