@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -77,10 +77,18 @@ class _Job:
     deadline: float
     queued_items: int
     queued_tokens: int
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event | None = None
+    """Made by the first ``result()`` that waits: a job followed by ``when_done`` needs none."""
     error: ServiceError | None = None
     finished: bool = False
     on_done: Callable[[list[Any] | None, ServiceError | None], None] | None = None
+
+    async def wait(self) -> None:
+        """Until the job has finished."""
+        if not self.finished:
+            if self.done is None:
+                self.done = anyio.Event()
+            await self.done.wait()
 
 
 @dataclass(eq=False, slots=True)
@@ -191,10 +199,10 @@ class Ticket(Generic[R]):
         job = self._job
         try:
             if job.deadline == math.inf:  # no cancel scope to build: a cost per job in a burst
-                await job.done.wait()
+                await job.wait()
             else:
                 with anyio.move_on_after(job.deadline - anyio.current_time()) as waiting:
-                    await job.done.wait()
+                    await job.wait()
                 if waiting.cancelled_caught:
                     self._batcher._finish(job, DeadlineExceeded(f"no result within {self._timeout_s:g} s"))
         except BaseException:
@@ -299,7 +307,6 @@ class Batcher(Generic[P, C, R]):
         job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), sum(costs))
         if not payloads:
             job.finished = True
-            job.done.set()
             return Ticket(self, job, timeout_s)
         self._admit(len(costs), job.queued_tokens)
         self._queue[job] = deque(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
@@ -364,7 +371,8 @@ class Batcher(Generic[P, C, R]):
             job.queued_items = job.queued_tokens = 0
             self._free_room()
         self._jobs.discard(job)
-        job.done.set()
+        if job.done is not None:
+            job.done.set()
         # Let go of the hook first: it holds whoever follows the job, who holds the job, a cycle
         # that would leave every job's bookkeeping to the garbage collector.
         on_done, job.on_done = job.on_done, None
