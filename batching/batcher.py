@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from itertools import count, repeat
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -309,7 +310,7 @@ class Batcher(Generic[P, C, R]):
             job.finished = True
             return Ticket(self, job, timeout_s)
         self._admit(len(costs), job.queued_tokens)
-        self._queue[job] = deque(_Entry(job, i, p, c, now) for i, (p, c) in enumerate(zip(payloads, costs)))
+        self._queue[job] = deque(map(_Entry, repeat(job), count(), payloads, costs, repeat(now)))
         self._queued_items += job.queued_items
         self._queued_tokens += job.queued_tokens
         self._jobs.add(job)
