@@ -59,6 +59,10 @@ R = TypeVar("R")
 
 log = structlog.get_logger("batching")
 
+_now = time.monotonic
+"""The batcher's clock, on the loop and the model thread alike: asyncio's loop clock, read
+without the backend lookup ``anyio.current_time()`` makes, a cost of every job."""
+
 _RECOVER_AFTER_BATCHES = 64
 """Successful batches at a shrunk token budget before it is doubled back towards the policy's."""
 
@@ -136,8 +140,8 @@ class _Ran:
     error: Exception | None = None
     collate_s: float = 0.0
     started: float = 0.0
-    """``time.monotonic()``: asyncio's loop clock (``anyio.current_time()``), which the items'
-    queueing times use; uvloop's is the same clock, read coarser."""
+    """``_now()``, the clock the items' queueing times use; uvloop's loop reads the same clock,
+    coarser."""
     ended: float = 0.0
 
 
@@ -303,7 +307,7 @@ class Batcher(Generic[P, C, R]):
             raise Unavailable("the batcher is not running")
         if len(payloads) != len(costs):
             raise ValueError(f"{len(payloads)} payloads but {len(costs)} costs")
-        now = anyio.current_time()
+        now = _now()
         deadline = math.inf if timeout_s is None else now + timeout_s
         job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), sum(costs))
         if not payloads:
@@ -446,7 +450,7 @@ class Batcher(Generic[P, C, R]):
             ):
                 return
             oldest = next(iter(self._queue.values()))[0]
-            wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - anyio.current_time()
+            wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - _now()
             if wait_s <= 0:
                 return
             with anyio.move_on_after(wait_s):
@@ -458,7 +462,7 @@ class Batcher(Generic[P, C, R]):
         Runs on the event loop once a batch over up to ``window_items`` entries (thousands
         during a burst), so the loop is kept to plain list work: no per-entry calls.
         """
-        now = anyio.current_time()
+        now = _now()
         queue = self._queue
         window: list[_Entry] = []
         jobs, pinned = self._window_jobs()
@@ -521,13 +525,13 @@ class Batcher(Generic[P, C, R]):
         return jobs, 1
 
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
-        started = anyio.current_time()
+        started = _now()
         try:
             collated, rows = await thread.run(self._merge_and_collate, [e.payload for e in entries])
         except Exception:
             log.exception("collate_failed", items=len(entries))
             collated = rows = None
-        return _Prepared(entries, collated, rows, anyio.current_time() - started)
+        return _Prepared(entries, collated, rows, _now() - started)
 
     def _merge_and_collate(self, payloads: list[Any]) -> tuple[Any, list[int] | None]:
         """(collated batch, rows): in a thread, since hashing a batch's payloads takes a while."""
@@ -549,7 +553,7 @@ class Batcher(Generic[P, C, R]):
 
         Never raises: a failure comes back in ``_Ran.error`` and the loop bisects the batch.
         """
-        now = time.monotonic()
+        now = _now()
         entries = [e for e in prepared.entries if not e.job.finished and e.job.deadline > now]
         if not entries:
             return _Ran(entries)
@@ -559,9 +563,9 @@ class Batcher(Generic[P, C, R]):
                 collating = time.perf_counter()
                 collated, rows = self._merge_and_collate([e.payload for e in entries])
                 collate_s += time.perf_counter() - collating
-            started = time.monotonic()
+            started = _now()
             outputs = self._runner.run(collated)
-            ended = time.monotonic()
+            ended = _now()
             expected = len(entries) if rows is None else max(rows) + 1
             if len(outputs) != expected:
                 raise RuntimeError(f"runner returned {len(outputs)} results for {expected} items")
@@ -575,7 +579,7 @@ class Batcher(Generic[P, C, R]):
         if len(ran) == len(taken):
             return
         self.stats.items_dropped += len(taken) - len(ran)
-        now = anyio.current_time()
+        now = _now()
         for entry in taken:
             if not entry.job.finished and entry.job.deadline <= now:
                 self._finish(entry.job, DeadlineExceeded("expired before compute"))
