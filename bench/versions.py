@@ -138,20 +138,20 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
                 "gc_collections": len(collections), "gc_ms": sum(collections) * 1e3,
                 "gc_max_ms": max(collections, default=0.0) * 1e3}
 
-    metrics_port = [0]
+    from bench.servers import free_port
+
+    metrics_port = free_port()  # the model process's, with --split
 
     @contextlib.asynccontextmanager
     async def split_engine(settings: Settings, model: NliModel) -> AsyncIterator[object]:
         """A model process of this version on a Unix socket, and a front connected to it."""
-        from bench.servers import free_port
         from worker.split.remote_engine import RemoteEngine
 
-        metrics_port[0] = free_port()
         with tempfile.TemporaryDirectory(prefix="burst-nli-versions-") as folder:
             socket = Path(folder) / "model.sock"
             command = [sys.executable, "-m", "bench.emulated", "--forward", forward, "--model", model_name,
                        "--socket", str(socket)]  # fmt: skip
-            env = {**os.environ, "METRICS_PORT": str(metrics_port[0]), "PREMISE_CACHE_SIZE": "0"}
+            env = {**os.environ, "METRICS_PORT": str(metrics_port), "PREMISE_CACHE_SIZE": "0"}
             process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
             try:
                 async with RemoteEngine.connect(settings, socket, model=model, connect_timeout_s=600) as front:
@@ -165,7 +165,7 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
 
         from bench.batch_totals import text_totals
 
-        url = f"http://127.0.0.1:{metrics_port[0]}/metrics"
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             return text_totals(await response.text()).cpu_s
 
