@@ -22,6 +22,11 @@ bigger than a batch, every other batch is anchored instead on the job with the f
 items and holds all of them, so a small job that arrives behind a flood of big ones is served
 within a few batches rather than after the whole flood, and the flood still gets every other
 batch.
+
+The window persists from one cut to the next: the items a batch did not take stay in it, in
+order, and each cut only tops it up from the jobs behind. In a burst a batch takes a fifth of
+the window, so rebuilding it from the jobs and putting the rest back would handle each item
+several times before it runs.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from itertools import count, repeat
+from itertools import compress, count, repeat
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -237,7 +242,13 @@ class Batcher(Generic[P, C, R]):
         self._on_batch = on_batch
         self.stats = EngineStats()
         self._queue: dict[_Job, deque[_Entry]] = {}
-        """Each job's queued items, jobs in arrival order (a job leaves once none are queued)."""
+        """Every job with queued items, in arrival order (it leaves once none are), and those of
+        its items not in the window yet."""
+        self._window: list[_Entry] = []
+        """The oldest queued items, up to ``window_items``, in queue order: what a batch is cut
+        from. It holds whole jobs but for its last one, whose next items are still in its deque."""
+        self._window_stale = False
+        """Whether the window may hold items of jobs that ended: they go before the next cut."""
         self._size_turn = False
         self._queued_items = 0
         self._queued_tokens = 0
@@ -368,7 +379,9 @@ class Batcher(Generic[P, C, R]):
             return
         job.finished = True
         job.error = error
-        self._queue.pop(job, None)
+        outside_window = self._queue.pop(job, None)
+        if job.queued_items > (len(outside_window) if outside_window is not None else 0):
+            self._window_stale = True
         if job.queued_items:
             self.stats.items_dropped += job.queued_items
             self._queued_items -= job.queued_items
@@ -413,6 +426,7 @@ class Batcher(Generic[P, C, R]):
                     for job in list(self._jobs):
                         self._finish(job, Unavailable("the batcher shut down"))
                     self._queue.clear()
+                    self._window.clear()
                     tg.cancel_scope.cancel()
         finally:
             collate_thread.close()
@@ -449,7 +463,7 @@ class Batcher(Generic[P, C, R]):
                 self._queued_items, self._queued_tokens, self.policy, self._budget_tokens
             ):
                 return
-            oldest = next(iter(self._queue.values()))[0]
+            oldest = self._window[0] if self._window else next(iter(self._queue.values()))[0]
             wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - _now()
             if wait_s <= 0:
                 return
@@ -457,43 +471,39 @@ class Batcher(Generic[P, C, R]):
                 await changed.wait()
 
     def _cut_batch(self) -> list[_Entry]:
-        """Take the next batch out of the window the fair share gives; drop expired jobs on the way.
+        """Take the next batch out of the window; drop expired jobs on the way.
 
         Runs on the event loop once a batch over up to ``window_items`` entries (thousands
         during a burst), so the loop is kept to plain list work: no per-entry calls.
         """
-        now = _now()
-        queue = self._queue
-        window: list[_Entry] = []
-        jobs, pinned = self._window_jobs()
-        for job in jobs:
-            if job.deadline <= now:
-                self._finish(job, DeadlineExceeded("expired before compute"))
-                continue
-            entries = queue[job]
-            room = self.policy.window_items - len(window)
-            if len(entries) <= room:  # the common case in a burst of small jobs: all of it, at C speed
-                window += entries
-                entries.clear()
-            else:
-                window += [entries.popleft() for _ in range(room)]
-                break
+        self._fill_window()
+        window = self._window
+        anchor = self._anchor_job()
+        if anchor is None:
+            candidates, pinned = window, 1
+        else:
+            candidates, pinned = self._led_by(anchor)
         chosen = select_batch(
-            [e.cost for e in window],
+            [e.cost for e in candidates],
             max_tokens=self._budget_tokens,
             max_items=self.policy.max_batch_items,
-            window=len(window),
+            window=len(candidates),
             multiple=self.policy.length_multiple,
             cap=self.policy.max_padded_len,
             pinned=pinned,
         )
-        if len(chosen) == len(window):  # the whole window (chosen in order): nothing to put back
-            batch = window
+        whole = len(chosen) == len(candidates)  # then chosen in order
+        batch = candidates if whole else [candidates[i] for i in chosen]
+        if anchor is not None:
+            self._unlead(anchor, candidates, batch)
+        elif whole:
+            self._window = []
         else:
-            picked = set(chosen)
-            for entry in reversed([e for i, e in enumerate(window) if i not in picked]):
-                queue[entry.job].appendleft(entry)  # back at the front of its job, in order
-            batch = [window[i] for i in chosen]
+            stays = [True] * len(window)
+            for i in chosen:
+                stays[i] = False
+            self._window = list(compress(window, stays))
+        queue = self._queue
         tokens = 0
         for entry in batch:
             job = entry.job
@@ -508,21 +518,76 @@ class Batcher(Generic[P, C, R]):
             self._free_room()
         return batch
 
-    def _window_jobs(self) -> tuple[list[_Job], int]:
-        """The jobs whose items fill the window, in that order, and how many of the first items
-        the batch must hold. Arrival order, the oldest item pinned; but while the oldest job holds
-        more than a batch, every other cut puts the job with the fewest queued items first and
-        pins all of them (up to a batch), so a small job is not split across batches."""
-        jobs = list(self._queue)
-        if len(jobs) > 1 and jobs[0].queued_items > self.policy.max_batch_items:
+    def _fill_window(self) -> None:
+        """Drop the items of jobs that ended or expired, then top the window up to
+        ``window_items`` from the jobs behind it, in order."""
+        now = _now()
+        expired: list[_Job] = []
+        if self._window_stale:
+            self._drop_ended_from_window()
+        window = self._window
+        room = self.policy.window_items - len(window)
+        for job, entries in self._queue.items():  # the jobs in the window first, all of it in it but the last
+            if job.deadline <= now:
+                expired.append(job)
+                continue
+            if not entries:  # all of it in the window already
+                continue
+            if room <= 0:
+                break
+            if len(entries) <= room:  # the common case in a burst of small jobs: all of it, at C speed
+                window += entries
+                room -= len(entries)
+                entries.clear()
+            else:
+                window += [entries.popleft() for _ in range(room)]
+                break
+        if expired:
+            for job in expired:
+                self._finish(job, DeadlineExceeded("expired before compute"))
+            self._drop_ended_from_window()
+
+    def _drop_ended_from_window(self) -> None:
+        self._window = [e for e in self._window if not e.job.finished]
+        self._window_stale = False
+
+    def _anchor_job(self) -> _Job | None:
+        """The job to put first in this cut, or None: the oldest item leads. While the oldest job
+        holds more than a batch, every other cut is led by the job with the fewest queued items,
+        all of them pinned (up to a batch), so a small job is not split across batches."""
+        queue = self._queue
+        if len(queue) < 2:
+            return None
+        oldest = next(iter(queue))
+        if oldest.queued_items > self.policy.max_batch_items:
             self._size_turn = not self._size_turn
             if self._size_turn:
-                smallest = min(jobs, key=_queued_items)
-                if smallest is not jobs[0]:
-                    jobs.remove(smallest)
-                    jobs.insert(0, smallest)
-                    return jobs, min(smallest.queued_items, self.policy.max_batch_items)
-        return jobs, 1
+                smallest = min(queue, key=_queued_items)
+                if smallest is not oldest:
+                    return smallest
+        return None
+
+    def _led_by(self, anchor: _Job) -> tuple[list[_Entry], int]:
+        """The window as if ``anchor`` had come first: its items (those in its deque brought in),
+        then the others' in order, up to ``window_items``; and how many of them lead."""
+        limit = self.policy.window_items
+        window = self._window
+        own = [e for e in window if e.job is anchor]
+        outside = self._queue[anchor]
+        own += [outside.popleft() for _ in range(min(len(outside), limit - len(own)))]
+        others = [e for e in window if e.job is not anchor]
+        return own + others[: limit - len(own)], min(anchor.queued_items, self.policy.max_batch_items)
+
+    def _unlead(self, anchor: _Job, candidates: list[_Entry], batch: list[_Entry]) -> None:
+        """After a cut led by ``anchor``: the window keeps its order without the batch, and
+        ``anchor``'s items brought in and not taken go back to the front of its deque."""
+        taken = set(batch)
+        in_window = set(self._window)
+        self._window = [e for e in self._window if e not in taken]
+        outside = self._queue[anchor]
+        for entry in reversed(candidates):
+            if entry.job is anchor and entry not in taken and entry not in in_window:
+                outside.appendleft(entry)
 
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
         started = _now()

@@ -41,9 +41,9 @@ from worker.settings import Settings  # noqa: E402
 LABELS = [f"label {i}: {word}" for i, word in enumerate(["earnings", "merger", "dividend", "guidance"] * 8)]
 
 
-def arrival_order(self: batcher_module.Batcher) -> tuple[list, int]:  # type: ignore[type-arg]
-    """The window's jobs in arrival order only: the oldest item anchors every batch."""
-    return list(self._queue), 1
+def arrival_order(self: batcher_module.Batcher) -> None:  # type: ignore[type-arg]
+    """No job ever leads a cut: the oldest item anchors every batch."""
+    return None
 
 
 async def one_round(engine: NliEngine, flood: int, texts: list[str]) -> tuple[float, int]:
@@ -65,15 +65,15 @@ async def one_round(engine: NliEngine, flood: int, texts: list[str]) -> tuple[fl
 
 async def compare(settings: Settings, model: NliModel, flood: int, repeats: int) -> dict[str, list[tuple[float, int]]]:
     texts = headlines()
-    fair = batcher_module.Batcher._window_jobs
+    fair = batcher_module.Batcher._anchor_job
     samples: dict[str, list[tuple[float, int]]] = {"fair": [], "arrival order": [], "alone": []}
     async with NliEngine.start(settings, model=model) as engine:
         await one_round(engine, 1, texts)  # warm
         for _ in range(repeats):
             for way in samples:
-                batcher_module.Batcher._window_jobs = arrival_order if way == "arrival order" else fair  # type: ignore[method-assign]
+                batcher_module.Batcher._anchor_job = arrival_order if way == "arrival order" else fair  # type: ignore[method-assign]
                 samples[way].append(await one_round(engine, 0 if way == "alone" else flood, texts))
-        batcher_module.Batcher._window_jobs = fair  # type: ignore[method-assign]
+        batcher_module.Batcher._anchor_job = fair  # type: ignore[method-assign]
     return samples
 
 

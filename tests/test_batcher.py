@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -514,3 +515,83 @@ async def test_a_job_followed_by_a_callback_hears_once_how_it_ended_without_a_ta
     [(results, error)] = heard["failed"]
     assert results is None and isinstance(error, InferenceFailed)
     assert "c.0" not in runner.ran() and heard["dropped"] == [(None, None)]
+
+
+# --- the look-ahead window: what a batch leaves stays for the next, and ended jobs leave it ---------
+
+
+async def cut_with_a_remainder(batcher: Batcher, runner: FakeRunner, jobs: dict[str, list[str]]) -> dict[str, Ticket]:
+    """Queue ``jobs`` behind a held first batch and let the next batch be cut: the window keeps
+    what that batch did not take. The runner is still held when this returns."""
+    runner.hold()
+    tickets = {"first": batcher.enqueue(["first"], [10])}
+    await until(runner.started)
+    tickets |= {name: batcher.enqueue(payloads, [10] * len(payloads)) for name, payloads in jobs.items()}
+    await anyio.wait_all_tasks_blocked()
+    return tickets
+
+
+async def test_a_job_dropped_while_its_items_wait_in_the_window_never_runs_and_the_next_batch_fills_up():
+    runner = FakeRunner()
+    async with Batcher(runner, policy(max_batch_items=4, window_items=8)) as batcher:
+        tickets = await cut_with_a_remainder(batcher, runner, {name: job(name, 2) for name in "abcde"})
+        assert batcher.queued_items == 6  # the second batch took a and b; c and d wait in the window
+        tickets["c"].drop()
+        assert batcher.queued_items == 4
+        runner.release()
+        for name in "abde":
+            assert await tickets[name].result() == [f"out:{p}" for p in job(name, 2)]
+    assert runner.batches[1:] == [[*job("a", 2), *job("b", 2)], [*job("d", 2), *job("e", 2)]]
+    assert batcher.stats.items_dropped == 2 and batcher.inflight_jobs == 0
+
+
+async def test_a_job_that_expires_in_the_window_times_out_and_the_jobs_behind_it_move_up(monkeypatch):
+    clock = [time.monotonic()]
+    monkeypatch.setattr("batching.batcher._now", lambda: clock[0])
+    runner = FakeRunner()
+    async with Batcher(runner, policy(max_batch_items=4, window_items=8)) as batcher:
+        runner.hold()
+        tickets = {"first": batcher.enqueue(["first"], [10])}
+        await until(runner.started)
+        for name in "abcde":
+            tickets[name] = batcher.enqueue(job(name, 2), [10, 10], timeout_s=60 if name == "c" else None)
+        await anyio.wait_all_tasks_blocked()
+        assert batcher.queued_items == 6
+        clock[0] += 120  # c's deadline passes while its items wait in the window
+        runner.release()
+        for name in "abde":
+            assert await tickets[name].result() == [f"out:{p}" for p in job(name, 2)]
+        with pytest.raises(DeadlineExceeded, match="expired before compute"):
+            await tickets["c"].result()
+    assert runner.batches[1:] == [[*job("a", 2), *job("b", 2)], [*job("d", 2), *job("e", 2)]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(("items", "tokens", "window"), [(6, 128, 16), (8, 512, 8)])
+async def test_every_item_of_every_job_kept_runs_exactly_once_whatever_the_lengths_and_drops(
+    seed: int, items: int, tokens: int, window: int
+):
+    """Mixed lengths (batches take items out of the window's middle, or all of it), jobs bigger
+    than a batch (cuts led by the smallest job), and jobs dropped with their items in the window."""
+    rng = random.Random(seed)
+    runner = FakeRunner()
+    jobs = {f"j{i}": job(f"j{i}", rng.choice([1, 2, 3, 6, 9, 17])) for i in range(40)}
+    costs = {name: [rng.randint(3, 60) for _ in payloads] for name, payloads in jobs.items()}
+    policy_ = policy(max_batch_items=items, max_batch_tokens=tokens, window_items=window, merge_identical=False)
+    async with Batcher(runner, policy_) as batcher:
+        runner.hold()
+        first = batcher.enqueue(["first"], [10])
+        await until(runner.started)
+        tickets = {name: batcher.enqueue(payloads, costs[name]) for name, payloads in jobs.items()}
+        await anyio.wait_all_tasks_blocked()
+        dropped = set(rng.sample(sorted(jobs), 10))
+        for name in dropped:
+            tickets[name].drop()
+        runner.release()
+        with anyio.fail_after(HOLD_S):  # an item lost from the queue would hang its job
+            await first.result()
+            for name in sorted(set(jobs) - dropped):
+                assert await tickets[name].result() == [f"out:{p}" for p in jobs[name]]
+        assert batcher.queued_items == batcher.queued_tokens == batcher.inflight_jobs == 0
+    ran = runner.ran()
+    assert sorted(ran) == sorted(["first", *(p for name in set(jobs) - dropped for p in jobs[name])])
