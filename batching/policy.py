@@ -9,7 +9,8 @@ pads with it too.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -101,29 +102,55 @@ def select_batch(
                                 cap=cap)  # fmt: skip
         if chosen is not None:
             return chosen
-    order = sorted(range(size), key=costs.__getitem__)  # stable: index 0 leads its equals
-    sorted_costs = [costs[i] for i in order]
-    oldest = bisect_left(sorted_costs, costs[0])
-    prefix = list(accumulate(sorted_costs, initial=0))
+    return _best_run(costs[:size], max_tokens=max_tokens, max_items=max_items, multiple=multiple, cap=cap)
 
+
+def _best_run(costs: Sequence[int], *, max_tokens: int, max_items: int, multiple: int, cap: int | None) -> list[int]:
+    """``select_batch``'s search: the best-scoring run of the cost order that holds the oldest item.
+
+    It scores two runs per distinct cost, not one per item. Among the runs that end on items of
+    one cost (the same padded length, so the same fit), the score moves one way as the run
+    grows: by the same amount per item while the run only adds items, then upwards once it is
+    full and each item it adds drops a shorter one. So the best of them is the first or the
+    last, and scoring those two, in the order an item-by-item scan would, finds the run the
+    scan finds (``tests/test_policy.py`` holds the scan and checks this).
+    """
+    counts = Counter(costs)
+    distinct = sorted(counts)
+    starts = [0]  # where each cost's items begin in the cost order; then len(costs)
+    tokens_before = [0]  # the tokens of the items before them
+    for cost in distinct:
+        starts.append(starts[-1] + counts[cost])
+        tokens_before.append(tokens_before[-1] + cost * counts[cost])
+
+    def tokens_up_to(position: int) -> int:
+        group = bisect_right(starts, position) - 1
+        if group == len(distinct):
+            return tokens_before[group]
+        return tokens_before[group] + (position - starts[group]) * distinct[group]
+
+    first = bisect_left(distinct, costs[0])
+    oldest = starts[first]  # the oldest item leads its equals in the (stable) cost order
     best_range, best_score = (oldest, oldest), None
-    cost: int | None = None
-    fit = half_full = padded = 0
-    for hi in range(oldest, size):
-        if sorted_costs[hi] != cost:  # a cost's padding, fit and half-full bound: once for its items
-            cost = sorted_costs[hi]
-            padded = padded_length(cost, multiple, cap)
-            fit = max(1, min(max_items, max_tokens // padded))
-            half_full = bisect_left(sorted_costs, (padded + 1) // 2, 0, oldest)
-        lowest = hi - fit + 1
-        if lowest > oldest:
-            break  # longer items only fit fewer: no later run can hold the oldest
-        lo = max(lowest, half_full, 0)
-        score = 2 * (prefix[hi + 1] - prefix[lo]) - (hi - lo + 1) * padded
-        if best_score is None or score > best_score:
-            best_range, best_score = (lo, hi), score
+    for group in range(first, len(distinct)):
+        start = starts[group]
+        padded = padded_length(distinct[group], multiple, cap)
+        fit = max(1, min(max_items, max_tokens // padded))
+        last = min(starts[group + 1], oldest + fit) - 1  # past it, a run cannot reach the oldest
+        if last < start:
+            break  # longer items only fit fewer
+        half_full = min(oldest, starts[bisect_left(distinct, (padded + 1) // 2)])
+        for hi in (start, last) if last > start else (start,):
+            lo = max(hi - fit + 1, half_full)
+            score = 2 * (tokens_up_to(hi + 1) - tokens_up_to(lo)) - (hi - lo + 1) * padded
+            if best_score is None or score > best_score:
+                best_range, best_score = (lo, hi), score
     lo, hi = best_range
-    return order[lo : hi + 1]
+    low_cost, high_cost = distinct[bisect_right(starts, lo) - 1], distinct[bisect_right(starts, hi) - 1]
+    run = [i for i, cost in enumerate(costs) if low_cost <= cost <= high_cost]
+    run.sort(key=costs.__getitem__)
+    offset = starts[bisect_left(distinct, low_cost)]
+    return run[lo - offset : hi - offset + 1]
 
 
 def _around_pinned(

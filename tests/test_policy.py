@@ -129,3 +129,41 @@ def test_policy_rejects_nonsense_numbers():
         BatchPolicy(max_batch_tokens=0)
     with pytest.raises(ValueError, match="max_wait_ms"):
         BatchPolicy(max_wait_ms=-1)
+
+
+def scan_every_run(costs, *, max_tokens, max_items, multiple, cap):
+    """The search ``select_batch`` makes, item by item: every run of the cost order that holds
+    the oldest item and fits, the first with the best score. The definition the per-cost
+    search must agree with."""
+    order = sorted(range(len(costs)), key=costs.__getitem__)
+    ranked = [costs[i] for i in order]
+    oldest = ranked.index(costs[0])
+    best, best_score = None, None
+    for hi in range(oldest, len(costs)):
+        padded = padded_length(ranked[hi], multiple, cap)
+        fit = max(1, min(max_items, max_tokens // padded))
+        if hi - fit + 1 > oldest:
+            break
+        half_full = sum(1 for cost in ranked[:oldest] if cost < (padded + 1) // 2)
+        lo = max(hi - fit + 1, half_full)
+        score = 2 * sum(ranked[lo : hi + 1]) - (hi - lo + 1) * padded
+        if best_score is None or score > best_score:
+            best, best_score = order[lo : hi + 1], score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_batch_is_the_best_run_an_item_by_item_scan_finds(seed):
+    rng = random.Random(seed)
+    for _ in range(400):
+        n = rng.choice([2, 3, 10, 60, 300])
+        low, high = rng.choice([(1, 12), (3, 80), (1, 600)])
+        cap = rng.choice([None, 64, 512])
+        costs = [rng.randint(low, high) if cap is None else min(cap, rng.randint(low, high)) for _ in range(n)]
+        budget = {"max_tokens": rng.choice([16, 128, 512, 4096]), "max_items": rng.choice([1, 4, 64, 512]),
+                  "multiple": rng.choice([1, 8, 64]), "cap": cap}  # fmt: skip
+        chosen = select_batch(costs, window=n, **budget)
+        whole = padded_tokens(costs, budget["multiple"], cap)
+        if chosen == list(range(n)) and n <= budget["max_items"] and whole <= budget["max_tokens"]:
+            continue  # taken whole, before any search
+        assert chosen == scan_every_run(costs, **budget), (costs, budget)
