@@ -145,6 +145,7 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
     @contextlib.asynccontextmanager
     async def split_engine(settings: Settings, model: NliModel) -> AsyncIterator[object]:
         """A model process of this version on a Unix socket, and a front connected to it."""
+        from worker.engine import tune_garbage_collector
         from worker.split.remote_engine import RemoteEngine
 
         with tempfile.TemporaryDirectory(prefix="burst-nli-versions-") as folder:
@@ -154,6 +155,7 @@ def child(repo: Path, bursts: int, forward: str, model_name: str, sustained_s: f
             env = {**os.environ, "METRICS_PORT": str(metrics_port), "PREMISE_CACHE_SIZE": "0"}
             process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)
             try:
+                tune_garbage_collector()  # as a front's host does (RemoteHost), before any job
                 async with RemoteEngine.connect(settings, socket, model=model, connect_timeout_s=600) as front:
                     yield front
             finally:
