@@ -29,6 +29,11 @@ front processes (docs/PROCESSES.md).
     python bench/versions.py --pod --before HEAD~1 --rounds 6
     python bench/versions.py --sustained --before HEAD~1 --rounds 6
     python bench/versions.py --split --before HEAD~1 --rounds 6
+    python bench/versions.py --cut --before HEAD~1 --rounds 6
+
+``--cut``: only the batcher's cut (``Batcher._cut_batch``: the window topped up, the batch chosen
+and taken out), timed alone in each version's process over a queue kept 1,024 classify-sized
+jobs deep (6 pairs of 15 to 52 tokens), as in a sustained burst: the cut's µs a job.
 """
 
 from __future__ import annotations
@@ -202,6 +207,49 @@ async def pod_sustained(repo: Path, args: argparse.Namespace) -> dict:
     return {"jobs_per_s": phase.per_s, "cpu_us_a_job": (after.cpu_s - before.cpu_s) / phase.requests * 1e6}
 
 
+def cut_child(repo: Path, cuts: int) -> dict:
+    """Runs in a fresh process with ``repo`` first on the path: that version's cut, timed alone."""
+    import random
+    import time
+
+    sys.path.insert(0, str(repo))
+    from batching import Batcher, BatchPolicy
+
+    class Unused:  # the cut never reaches the runner
+        def collate(self, payloads: list) -> list:
+            return payloads
+
+        def run(self, batch: list) -> list:
+            return batch
+
+    rng = random.Random(0)
+    batcher = Batcher(Unused(), BatchPolicy())  # the GPU's budget: 16,384 tokens, 512 pairs, 2,048 looked at
+    batcher._open = True  # queued without the batcher's loop: nothing but the cut runs
+    queued = 0
+
+    def add(jobs: int) -> None:
+        nonlocal queued
+        for _ in range(jobs):
+            premise = rng.randint(12, 40)  # a headline's tokens; each pair adds a hypothesis and 3 special tokens
+            batcher.enqueue([(queued, pair) for pair in range(6)], [premise + 3 + rng.randint(0, 9) for _ in range(6)])
+            queued += 1
+
+    add(1024)
+    seconds, pairs = 0.0, 0
+    for i in range(50 + cuts):  # the first 50 warm up
+        started = time.perf_counter()
+        batch = batcher._cut_batch()
+        if i >= 50:
+            seconds += time.perf_counter() - started
+            pairs += len(batch)
+        for entry in batch:
+            entry.job.remaining -= 1
+            if not entry.job.remaining:
+                batcher._finish(entry.job, None)
+        add(len({id(entry.job) for entry in batch if entry.job.finished}))
+    return {"pairs_a_batch": pairs / cuts, "us_a_job": seconds / (pairs / 6) * 1e6}
+
+
 def measure(repo: Path, args: argparse.Namespace) -> dict:
     if args.pod:
         import anyio
@@ -211,6 +259,8 @@ def measure(repo: Path, args: argparse.Namespace) -> dict:
                "--forward", args.forward, "--model", args.model, "--concurrency", str(args.concurrency)]  # fmt: skip
     if args.sustained or args.split:
         command += ["--split" if args.split else "--sustained", "--seconds", str(args.seconds)]
+    if args.cut:
+        command += ["--cut", "--cuts", str(args.cuts)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"the run in {repo} failed:\n{done.stderr[-3000:]}")
@@ -235,6 +285,7 @@ class Figure:
 
 BURST_FIGURES = (Figure("wall_ms", "wall ms", ".1f"), Figure("loop_cpu_ms", "loop CPU ms", ".1f"))
 SUSTAINED_FIGURES = (Figure("jobs_per_s", "jobs/s", ",.0f"), Figure("cpu_us_a_job", "CPU µs a job", ".0f"))
+CUT_FIGURES = (Figure("pairs_a_batch", "pairs a batch", ".0f"), Figure("us_a_job", "cut µs a job", ".1f"))
 
 
 def markdown(before: str, after: str, rounds: list[tuple[dict, dict]], figures: tuple[Figure, Figure]) -> str:
@@ -263,11 +314,16 @@ def main() -> None:
     mode.add_argument("--pod", action="store_true", help="the pod over HTTP, sustained (see above)")
     mode.add_argument("--sustained", action="store_true", help="in process, sustained (see above)")
     mode.add_argument("--split", action="store_true", help="a front and a model process, sustained (see above)")
+    mode.add_argument("--cut", action="store_true", help="the batcher's cut alone, over a deep queue (see above)")
     parser.add_argument("--seconds", type=float, default=5.0, help="--pod, --sustained, --split: the loop's length")
     parser.add_argument("--concurrency", type=int, default=512, help="--pod, --sustained, --split: jobs in flight")
+    parser.add_argument("--cuts", type=int, default=400, help="--cut: the cuts a process times")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child is not None and args.cut:
+        print(json.dumps(cut_child(args.child, args.cuts)))
+        return
     if args.child is not None:
         sustained_s = args.seconds if args.sustained or args.split else None
         print(json.dumps(child(args.child, args.bursts, args.forward, args.model, sustained_s, args.concurrency,
@@ -298,6 +354,9 @@ def main() -> None:
         header = (f"in process, classify jobs through the service path, {args.seconds:g} s at {args.concurrency} in "
                   f"flight, forward {args.forward} (emulated); {order}")
         table = markdown(args.before, args.after or "this tree", rounds, SUSTAINED_FIGURES)
+    elif args.cut:
+        header = f"the batcher's cut alone, a queue kept 1,024 classify jobs deep, {args.cuts} cuts a process; {order}"
+        table = markdown(args.before, args.after or "this tree", rounds, CUT_FIGURES)
     elif args.split:
         header = (f"a front and a model process, classify jobs through the front's service path, {args.seconds:g} s "
                   f"at {args.concurrency} in flight, forward {args.forward} (emulated), the model process's CPU; "

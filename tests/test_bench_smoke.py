@@ -171,6 +171,18 @@ def test_versions_bench_compares_two_versions_sustained_by_their_cpu_a_job(tmp_p
     assert "| **median of the ratios** |" in (tmp_path / "versions.md").read_text()
 
 
+def test_versions_bench_times_two_versions_cut_alone_on_the_same_queue(tmp_path: Path) -> None:
+    """bench/versions.py --cut at its smallest: each version's batcher cuts batches of the same jobs."""
+    command = [sys.executable, "bench/versions.py", "--cut", "--before", "HEAD", "--rounds", "1", "--cuts", "5",
+               "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (round_,) = json.loads((tmp_path / "versions.json").read_text())["rounds"]
+    for side in ("before", "after"):
+        assert round_[side]["pairs_a_batch"] > 0 and round_[side]["us_a_job"] > 0
+
+
 def test_refusal_bench_times_the_pods_way_beside_a_plain_parse(tmp_path: Path) -> None:
     """bench/refusal.py at its smallest: both oversized bodies refused naming the list, the valid one accepted."""
     command = [sys.executable, "bench/refusal.py", "--repeats", "1", "--out", str(tmp_path)]
