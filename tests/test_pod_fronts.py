@@ -191,3 +191,26 @@ async def test_a_full_queue_is_429_from_either_front_and_every_accepted_job_comp
     rejected = [sample for family in text_string_to_metric_families(scrape) for sample in family.samples
                 if sample.name == "nli_rejected_total"]  # fmt: skip
     assert sum(sample.value for sample in rejected) == len(refused)  # each refusal counted once, by its front
+
+
+async def test_the_pod_keeps_the_ended_jobs_max_finished_jobs_allows_however_many_fronts_share_it(
+    tmp_path: Path, example_jobs
+) -> None:
+    """Each front keeps its share of the bound, so 2 fronts do not hold twice what the operator set."""
+    lines: list[dict] = []
+    with anyio.fail_after(120):
+        async with pod_process(tmp_path, lines, {"MAX_FINISHED_JOBS": "4"}, *FRONTS) as (process, reader, client):
+            async with fronts(lines, {}) as (front_0, front_1):
+                ids: dict[int, list[str]] = {0: [], 1: []}
+                for i in range(5):
+                    for front, each in enumerate((front_0, front_1)):
+                        answer = await each.post("/runsync", json={"input": job_input(example_jobs, i)[1]})
+                        assert answer.json()["status"] == "COMPLETED"
+                        ids[front].append(answer.json()["id"])
+                health = (await client.get("/health")).json()
+                newest = [(await client.get(f"/status/{ids[front][-1]}")).json()["status"] for front in (0, 1)]
+                oldest = [(await client.get(f"/status/{ids[front][0]}")).status_code for front in (0, 1)]
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert health["jobs"]["completed"] == 4  # 2 a front, the newest
+    assert newest == ["COMPLETED", "COMPLETED"] and oldest == [404, 404]

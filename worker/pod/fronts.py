@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from schemas.trace import TraceRecorder
@@ -110,6 +111,17 @@ def _stop(fronts: list[Child], model: Child, received: list[int]) -> None:
     model.stop(STOP_MODEL_S)
 
 
+def store_share(settings: Settings, fronts: int) -> Settings:
+    """One front's settings: its job store keeps ``1/fronts`` of the ended jobs and of their bytes
+    that ``MAX_FINISHED_JOBS`` and ``MAX_FINISHED_BYTES`` allow, so the pod as a whole keeps what
+    they say, however many fronts share it (each front keeps the jobs it took)."""
+    return msgspec.structs.replace(
+        settings,
+        max_finished_jobs=max(1, settings.max_finished_jobs // fronts),
+        max_finished_bytes=max(1, settings.max_finished_bytes // fronts),
+    )
+
+
 def serve_front(
     settings: Settings, *, front: int, fronts: int, run_dir: str, fds: Sequence[int], health_port: int | None,
     record: str | None,
@@ -123,6 +135,7 @@ def serve_front(
     own.bind(str(path))
     own.listen(2048)
     recorder = TraceRecorder(record) if record else None
+    settings = store_share(settings, fronts)
     pod = PodApp(
         settings, recorder=recorder, remote=RemoteHost(settings, Path(run_dir) / MODEL_SOCKET),
         peers=Peers(front, fronts, run_dir),
