@@ -379,8 +379,7 @@ class Batcher(Generic[P, C, R]):
             return
         job.finished = True
         job.error = error
-        outside_window = self._queue.pop(job, None)
-        if job.queued_items > (len(outside_window) if outside_window is not None else 0):
+        if job.queued_items > len(self._queue.pop(job, None) or ()):  # some of its items are in the window
             self._window_stale = True
         if job.queued_items:
             self.stats.items_dropped += job.queued_items
