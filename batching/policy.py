@@ -146,11 +146,11 @@ def _best_run(costs: Sequence[int], *, max_tokens: int, max_items: int, multiple
             if best_score is None or score > best_score:
                 best_range, best_score = (lo, hi), score
     lo, hi = best_range
-    low_cost, high_cost = distinct[bisect_right(starts, lo) - 1], distinct[bisect_right(starts, hi) - 1]
-    run = [i for i, cost in enumerate(costs) if low_cost <= cost <= high_cost]
+    low_group, high_group = bisect_right(starts, lo) - 1, bisect_right(starts, hi) - 1
+    low_cost, high_cost = distinct[low_group], distinct[high_group]
+    run = [i for i, cost in enumerate(costs) if low_cost <= cost <= high_cost]  # from starts[low_group] on
     run.sort(key=costs.__getitem__)
-    offset = starts[bisect_left(distinct, low_cost)]
-    return run[lo - offset : hi - offset + 1]
+    return run[lo - starts[low_group] : hi - starts[low_group] + 1]
 
 
 def _around_pinned(
