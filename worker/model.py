@@ -150,6 +150,19 @@ def _length_limits(tokenizer: Any, config: Any) -> tuple[int, int]:
     return max_length, max(max_length, positions if isinstance(positions, int) else 0)
 
 
+def use_shape_free_attention() -> None:
+    """Keep cuDNN out of ``scaled_dot_product_attention`` (torch's flash, memory-efficient and
+    math kernels stay): cuDNN builds a plan for every new input shape, and a batcher's batches
+    come in hundreds of shapes (pairs × padded length).
+
+    Under sustained load most batches are of a shape not seen before, so most paid for a plan:
+    the first forward of a shape cost about ten times a repeat on an H200 (BENCHMARKS.md, "A new
+    batch shape"). Without cuDNN a new shape costs about what a seen one does. The setting is the
+    process's: one process serves one model.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 GPU_LENGTH_MULTIPLE = 8
 """On a GPU padded lengths are rounded up to a multiple of this (tensor-core tiles, reused shapes)."""
 WARM_UP_STEP = 8
@@ -174,6 +187,8 @@ class NliModel:
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.length_multiple = GPU_LENGTH_MULTIPLE if self.device.type == "cuda" else 1
+        if self.device.type == "cuda":
+            use_shape_free_attention()
         config = model.config
         self.labels = tuple(config.id2label[i] for i in range(config.num_labels))
         self.entailment_index, self.contradiction_index = label_indices(config.label2id)
