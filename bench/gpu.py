@@ -12,7 +12,9 @@ Same model (``--model``), same classify jobs (5 label hypotheses + 1 company: 6 
   over HTTP (the ``peers`` extra; skipped with a note when litserve is not installed);
 - burst-nli in process: the service path of the serverless handler;
 - burst-nli in process with the other half-precision type (bf16 beside fp16; CUDA only);
-- burst-nli pod: ``python -m worker pod`` as shipped, ``/runsync`` over loopback HTTP.
+- burst-nli pod: ``python -m worker pod`` as shipped, ``/runsync`` over loopback HTTP;
+- burst-nli pod of front processes: the same with ``--front-processes N`` (``--fronts``): N
+  processes decode, tokenize and answer HTTP, one model process batches for the GPU.
 Every server row runs the same phases: a warm-up burst, ``--repeats`` bursts of ``--jobs`` jobs at
 once (the median kept), a closed loop of ``--concurrency`` jobs in flight for ``--sustained-s``
 seconds, then ``--idle-jobs`` jobs one at a time. The HTTP client is ``--client-procs`` aiohttp
@@ -57,7 +59,8 @@ from worker.metrics import Metrics  # noqa: E402
 from worker.model import NliModel  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
-WAYS = ("seed", "careful", "trivial", "litserve", "inproc", "inproc-dtype", "pod")
+WAYS = ("seed", "careful", "trivial", "litserve", "inproc", "inproc-dtype", "pod", "pod-fronts")
+FRONTS = 4
 GPU_SCALE = Scale(jobs=339, repeats=5, sustained_s=10.0, concurrency=1024, idle_jobs=50, client_procs=4)
 CPU_SCALE = Scale(jobs=24, repeats=3, sustained_s=10.0, concurrency=48, idle_jobs=10, client_procs=1)
 QUICK_SCALE = Scale(jobs=8, repeats=1, sustained_s=3.0, concurrency=16, idle_jobs=5, client_procs=1)
@@ -79,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="jobs in flight, closed loop (GPU 1024, CPU 48, quick 16)")
     parser.add_argument("--idle-jobs", type=int, help="jobs sent one at a time (GPU 50, CPU 10, quick 5)")
     parser.add_argument("--client-procs", type=int, help="aiohttp client processes (GPU 4, else 1)")
+    parser.add_argument("--fronts", type=int, default=FRONTS, help=f"the pod-fronts way's front processes ({FRONTS})")
     parser.add_argument("--out", type=Path, default=None, help="write gpu.json and gpu.md here")
     args = parser.parse_args(argv)
     unknown = set(args.ways.split(",")) - set(WAYS)
@@ -102,6 +106,7 @@ class Run:
     model: NliModel
     scale: Scale
     log_dir: Path
+    fronts: int = FRONTS
 
     @functools.cached_property
     def jobs(self) -> list[dict]:
@@ -191,9 +196,17 @@ async def pod_row(run: Run, pool: ClientPool) -> dict:
                 **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
 
 
+async def pod_fronts_row(run: Run, pool: ClientPool) -> dict:
+    async with pod_server(**run.served(), front_processes=run.fronts) as url:
+        endpoint = HttpEndpoint("pod", f"{url}/runsync?wait={RUNSYNC_WAIT_MS}")
+        driver = HttpDriver(pool, endpoint, f"{url}/metrics", process="model")
+        return {"key": "pod-fronts", "way": f"burst-nli pod of {run.fronts} front processes over HTTP (/runsync)",
+                **await measure(driver, run.scale, run.jobs, run.loop_jobs)}
+
+
 SERVER_WAYS: dict[str, Callable[[Run, ClientPool], Awaitable[dict]]] = {
     "trivial": trivial_row, "litserve": litserve_row, "inproc": inproc_row, "inproc-dtype": inproc_dtype_row,
-    "pod": pod_row,
+    "pod": pod_row, "pod-fronts": pod_fronts_row,
 }
 
 
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env(model_name=args.model, device=args.device, dtype=args.dtype, log_level="WARNING")
     model = NliModel.load(args.model, device=settings.device, dtype=settings.dtype)
     on_gpu = model.device.type == "cuda"
-    run = Run(settings, model, resolve_scale(args, on_gpu=on_gpu), log_dir=args.out or Path("bench/results"))
+    run = Run(settings, model, resolve_scale(args, on_gpu=on_gpu), log_dir=args.out or Path("bench/results"),
+              fronts=args.fronts)
     ways = args.ways.split(",")
     info = machine_info(settings, model, run.scale)
     rows = pipeline_rows(run, ways)

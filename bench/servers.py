@@ -1,7 +1,8 @@
 """The servers the HTTP rows drive, each in its own process as it would be deployed.
 
 - ``pod_server``: ``python -m worker pod``, burst-nli's pod exactly as shipped (uvicorn's own
-  socket, event loop and HTTP parser), ready once ``/ping`` answers 200.
+  socket, event loop and HTTP parser), in one process or as front processes beside a model
+  process, ready once ``/ping`` answers 200.
 - ``trivial_server``: ``trivial_app`` on uvicorn with the same defaults, answering every job at
   once with a fixed ``COMPLETED`` body: what the client and the HTTP stack can do with no work
   behind them, the ceiling the other HTTP rows are read against.
@@ -56,13 +57,19 @@ def trivial_server(*, log_dir: Path) -> AbstractAsyncContextManager[str]:
     return serving_process("trivial", command, f"http://127.0.0.1:{port}", "/ping", log_dir=log_dir)
 
 
-def pod_server(model: str, *, device: str, dtype: str, log_dir: Path) -> AbstractAsyncContextManager[str]:
+def pod_server(model: str, *, device: str, dtype: str, log_dir: Path,
+               front_processes: int = 0) -> AbstractAsyncContextManager[str]:
     """The pod on a free loopback port; the batch settings come from this environment, as the
-    in-process engine's do, so both rows run the same policy."""
+    in-process engine's do, so both rows run the same policy. With ``front_processes``, the pod
+    of that many front processes and one model process (docs/PROCESSES.md)."""
     port = free_port()
     env = {"MODEL_NAME": model, "DEVICE": device, "DTYPE": dtype, "LOG_LEVEL": "WARNING"}
     command = [sys.executable, "-m", "worker", "pod", "--host", "127.0.0.1", "--port", str(port)]
-    return serving_process("pod", command, f"http://127.0.0.1:{port}", "/ping", log_dir=log_dir, env=env)
+    name = "pod"
+    if front_processes:
+        command += ["--front-processes", str(front_processes)]
+        name = f"pod-{front_processes}-fronts"
+    return serving_process(name, command, f"http://127.0.0.1:{port}", "/ping", log_dir=log_dir, env=env)
 
 
 def litserve_installed() -> bool:

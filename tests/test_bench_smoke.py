@@ -2,8 +2,8 @@
 
 The GPU session runs the benchmark once, on borrowed time: this keeps the script from breaking
 unnoticed on the way there. It runs as a subprocess (it configures logging and spawns client and
-server processes of its own) with the 2-layer model, the client-ceiling and in-process rows only:
-about 10 s on a 2-core CPU.
+server processes of its own) with the 2-layer model, the client-ceiling, in-process and front
+processes rows only.
 """
 
 from __future__ import annotations
@@ -21,22 +21,23 @@ sys.path.insert(0, str(ROOT))
 from bench.gpu_report import check_targets, markdown_table  # noqa: E402
 
 
-def test_smoke_run_writes_the_client_ceiling_and_the_in_process_row(tmp_path: Path) -> None:
+def test_smoke_run_writes_the_client_ceiling_the_in_process_and_the_front_processes_rows(tmp_path: Path) -> None:
     command = [
-        sys.executable, "bench/gpu.py", "--quick", "--model", "synthetic:tiny", "--ways", "trivial,inproc",
-        "--sustained-s", "0.5", "--idle-jobs", "3", "--out", str(tmp_path),
+        sys.executable, "bench/gpu.py", "--quick", "--model", "synthetic:tiny", "--ways", "trivial,inproc,pod-fronts",
+        "--fronts", "2", "--sustained-s", "0.5", "--idle-jobs", "3", "--out", str(tmp_path),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((tmp_path / "gpu.json").read_text())
     rows = {row["key"]: row for row in report["rows"]}
-    assert set(rows) == {"trivial", "inproc"}
+    assert set(rows) == {"trivial", "inproc", "pod-fronts"}
     for row in rows.values():
         assert row["burst"]["jobs"] == 8 and row["burst"]["failed"] == 0
         assert row["sustained"]["jobs"] > 0 and row["sustained"]["failed"] == 0
         assert row["idle"]["jobs"] == 3 and row["idle"]["p50_ms"] > 0
     assert rows["inproc"]["burst"]["batches"] >= 1
+    assert rows["pod-fronts"]["burst"]["batches"] >= 1, "the model process's batches, read from the pod's /metrics"
     assert 0 < rows["inproc"]["burst"]["padding_efficiency"] <= 1
     assert report["machine"]["device"] == "cpu" and report["machine"]["dtype"] == "float32"
     assert "| burst-nli in process | 8 |" in (tmp_path / "gpu.md").read_text()
@@ -139,6 +140,21 @@ def test_padding_bench_compares_the_gpus_rounding_with_the_cpus(tmp_path: Path) 
     assert rounded["pairs"] == exact["pairs"] == 6 * 6
     assert rounded["padded_tokens"] % 8 == 0  # every batch n × a multiple of 8
     assert 0 < rounded["padding_efficiency"] <= 1 and 0 < exact["padding_efficiency"] <= 1
+
+
+def test_gpu_forward_bench_times_new_shapes_and_a_busy_thread(tmp_path: Path) -> None:
+    """bench/gpu_forward.py at its smallest, on a CPU: every shape case twice, the busy-thread cases."""
+    command = [sys.executable, "bench/gpu_forward.py", "--model", "synthetic:tiny", "--batches", "2", "--pairs", "8",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    cases = json.loads((tmp_path / "gpu_forward.json").read_text())["cases"]
+    shapes = [case for case in cases if case["group"] == "a new batch shape"]
+    assert len(shapes) == 6 and all(case["batches"] == 2 and case["median_ms"] > 0 for case in shapes)
+    assert [case["case"] for case in cases if case["group"] == "beside a busy thread"] == [
+        "alone", "beside a busy thread, switch interval 5 ms", "beside a busy thread, switch interval 0.5 ms",
+    ]  # fmt: skip  (no CUDA graph on a CPU)
 
 
 def test_versions_bench_alternates_two_revisions(tmp_path: Path) -> None:
