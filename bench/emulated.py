@@ -6,7 +6,11 @@ aggregate, HTTP) runs as shipped; only ``NliModel.run`` is replaced. It returns 
 - ``h100``: as long as DistilBERT-MNLI's fp16 forward took on an H100 (docs/MEASUREMENTS.md: 13.6k,
   33k and 59.6k pairs/s at batches of 64, 256 and 1,024), fitted as ``H100_FIXED_S`` plus
   ``H100_PER_TOKEN_S`` a padded token (within 12% of all three points). It sleeps, releasing the
-  GIL as a thread waiting on CUDA does.
+  GIL as a thread waiting on CUDA does: once, the kind case;
+- ``h100-eager``: as long, but launched as an eager forward is: ``EAGER_OPS`` steps of Python
+  work, each giving the GIL up and taking it back as an op's launch does, then the wait. Beside a
+  thread running Python each step waits for the GIL, as a real forward did on an H200
+  (BENCHMARKS.md, "One forward's cost"), so the interpreter lock's cost shows on a CPU.
 
     python -m bench.emulated --forward h100 --port 8000    # the pod, serving on loopback
     python -m bench.emulated --forward h100 --port 8000 --front-processes 2  # a pod of 2 fronts
@@ -32,25 +36,43 @@ H100_PER_TOKEN_S = 0.2e-6
 FORWARDS: dict[str, Callable[[Collated], float]] = {
     "free": lambda batch: 0.0,
     "h100": lambda batch: H100_FIXED_S + H100_PER_TOKEN_S * batch.padded_tokens,
+    "h100-eager": lambda batch: H100_FIXED_S + H100_PER_TOKEN_S * batch.padded_tokens,
 }
+EAGER_OPS = 50
+"""Steps of the ``h100-eager`` launch: DistilBERT's forward launches about a hundred ops; a step
+here costs about two of them (``time.sleep(0)`` gives the GIL up for a system call)."""
+EAGER_STEP_PYTHON_S = 20e-6
+"""Python work a step, the GIL held: a module call's bookkeeping."""
 
 
 class EmulatedModel(NliModel):
     """``NliModel`` with ``run`` replaced by a wait of ``forward(batch)`` seconds."""
 
     forward: Callable[[Collated], float] = staticmethod(FORWARDS["free"])  # emulated() sets the one named
+    eager_ops: int = 0
 
     def run(self, batch: Collated) -> np.ndarray:
-        seconds = self.forward(batch)
+        started = time.perf_counter()
+        for _ in range(self.eager_ops):
+            _run_python(EAGER_STEP_PYTHON_S)
+            time.sleep(0)  # an op's launch: the GIL given up, then waited for
+        seconds = self.forward(batch) - (time.perf_counter() - started)
         if seconds > 0:
             time.sleep(seconds)
         return np.zeros((batch.n_pairs, len(self.labels)), dtype=np.float32)
+
+
+def _run_python(seconds: float) -> None:
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
 
 
 def emulated(model: NliModel, forward: str) -> EmulatedModel:
     """The same tokenizer, template and limits as ``model``, with the ``forward`` named."""
     wrapped = EmulatedModel(model.name, model.tokenizer, model.model)
     wrapped.forward = FORWARDS[forward]
+    wrapped.eager_ops = EAGER_OPS if forward.endswith("-eager") else 0
     wrapped.length_multiple = GPU_LENGTH_MULTIPLE  # pads as the GPU it emulates does
     return wrapped
 

@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--after", default=None, help="a git revision (default: this working tree)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=11, help="bursts a process times (its median is kept)")
-    parser.add_argument("--forward", choices=["free", "h100"], default="free")
+    parser.add_argument("--forward", choices=["free", "h100", "h100-eager"], default="free")
     parser.add_argument("--model", default="synthetic:distilbert-mnli", help="its tokenizer and limits are used")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--pod", action="store_true", help="the pod over HTTP, sustained (see above)")
