@@ -64,6 +64,15 @@ def test_absolute_targets_are_judged_only_on_a_gpu_at_the_peak_burst() -> None:
     assert on_gpu["pod sustained, jobs/s"] == "met"
     assert on_gpu["339-job burst through the pod over HTTP"] == "not measured"
     assert on_gpu["pod sustained vs LitServe sustained, × jobs/s"] == "met"
+    assert on_gpu["pod of front processes sustained, jobs/s"] == "not measured"
+
+    fronts = {"key": "pod-fronts", "way": "pod of 4 front processes",
+              "burst": {"jobs": 339, "wall_ms": 126.7}, "sustained": {"jobs_per_s": 5302.0}}
+    with_fronts = _verdicts(check_targets([*rows, fronts], on_gpu=True, burst_jobs=339))
+    assert with_fronts["339-job burst through the pod of front processes"] == "met"
+    assert with_fronts["pod of front processes sustained, jobs/s"] == "met"
+    assert with_fronts["pod of front processes vs LitServe sustained, × jobs/s"] == "met"
+    assert with_fronts["339-job burst through the pod over HTTP"] == "not measured", "each layout judged on its own row"
 
     on_cpu = _verdicts(check_targets(_rows(150.0, 10.0, 20.0), on_gpu=False, burst_jobs=8))
     assert on_cpu["339-job burst in process"].startswith("n/a")
