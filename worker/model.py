@@ -155,10 +155,10 @@ def use_shape_free_attention() -> None:
     math kernels stay): cuDNN builds a plan for every new input shape, and a batcher's batches
     come in hundreds of shapes (pairs × padded length).
 
-    Under sustained load most batches are of a shape not seen before, so most paid for a plan:
-    the first forward of a shape cost about ten times a repeat on an H200 (BENCHMARKS.md, "A new
-    batch shape"). Without cuDNN a new shape costs about what a seen one does. The setting is the
-    process's: one process serves one model.
+    Under sustained load most batches are of a shape not seen before, so most paid for a plan,
+    many times the forward itself on an H200 (BENCHMARKS.md, "One forward's cost"). Without
+    cuDNN a new shape costs about what a seen one does. The setting is the process's: one
+    process serves one model.
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
 
