@@ -8,7 +8,7 @@
 # On a machine that reaches no package index, the wheels of bench/gpu-wheels.txt travel in .whl/
 # (BENCHMARKS.md, "The commands"); they are installed into /tmp/site first when .whl/ is there.
 # Each step has its own time limit, so one that hangs does not cost the others, and the results
-# are packed after each step into results.tgz beside them.
+# are packed after each step into RESULTS_DIR.tgz beside the folder (one file to bring back).
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-bench/results/gpu-session}"
