@@ -69,9 +69,14 @@ def new_batches(model: NliModel, pairs: list[PairTokens], count: int, largest: i
 
 
 def timed(model: NliModel, batches: list[Collated]) -> dict:
-    times = sorted(_ms(lambda batch=batch: model.run(batch)) for batch in batches)
-    return {"batches": len(times), "shapes": len({tuple(b.input_ids.shape) for b in batches}),
-            "median_ms": round(times[len(times) // 2], 2), "mean_ms": round(sum(times) / len(times), 2)}
+    times = [_ms(lambda batch=batch: model.run(batch)) for batch in batches]
+    return _summary(times, shapes=len({tuple(b.input_ids.shape) for b in batches}))
+
+
+def _summary(times_ms: list[float], *, shapes: int) -> dict:
+    ordered = sorted(times_ms)
+    return {"batches": len(ordered), "shapes": shapes, "median_ms": round(ordered[len(ordered) // 2], 2),
+            "mean_ms": round(sum(ordered) / len(ordered), 2)}
 
 
 def _ms(call: Callable[[], object]) -> float:
@@ -137,9 +142,8 @@ def busy_cases(model: NliModel, pairs: list[PairTokens], count: int, largest: in
         replay = cuda_graph(model, batch)
         for name, context in (("alone", None), ("beside a busy thread, 5 ms", 0.005)):
             with busy_thread(context) if context else nullcontext():
-                times = sorted(_ms(replay) for _ in range(count))
-            yield {"case": f"one CUDA graph replay, {name}", "batches": count, "shapes": 1,
-                   "median_ms": round(times[count // 2], 2), "mean_ms": round(sum(times) / count, 2)}
+                times = [_ms(replay) for _ in range(count)]
+            yield {"case": f"one CUDA graph replay, {name}", **_summary(times, shapes=1)}
 
 
 def cuda_graph(model: NliModel, batch: Collated) -> Callable[[], object]:
