@@ -4,7 +4,7 @@ Knows nothing of models, HTTP or RunPod: only items, their costs and a runner th
 runs a batch.
 """
 
-from batching.batcher import Batcher, Runner, Ticket
+from batching.batcher import Batcher, Runner, Ticket, clock
 from batching.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -31,6 +31,7 @@ __all__ = [
     "ServiceError",
     "Ticket",
     "Unavailable",
+    "clock",
     "padded_length",
     "select_batch",
 ]

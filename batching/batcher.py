@@ -64,9 +64,10 @@ R = TypeVar("R")
 
 log = structlog.get_logger("batching")
 
-_now = time.monotonic
+clock = time.monotonic
 """The batcher's clock, on the loop and the model thread alike: asyncio's loop clock, read
-without the backend lookup ``anyio.current_time()`` makes, a cost of every job."""
+without the backend lookup ``anyio.current_time()`` makes, a cost of every job. Deadlines kept
+beside the batcher's (admission's) read it too."""
 
 _RECOVER_AFTER_BATCHES = 64
 """Successful batches at a shrunk token budget before it is doubled back towards the policy's."""
@@ -145,7 +146,7 @@ class _Ran:
     error: Exception | None = None
     collate_s: float = 0.0
     started: float = 0.0
-    """``_now()``, the clock the items' queueing times use; uvloop's loop reads the same clock,
+    """``clock()``, the clock the items' queueing times use; uvloop's loop reads the same clock,
     coarser."""
     ended: float = 0.0
 
@@ -318,7 +319,7 @@ class Batcher(Generic[P, C, R]):
             raise Unavailable("the batcher is not running")
         if len(payloads) != len(costs):
             raise ValueError(f"{len(payloads)} payloads but {len(costs)} costs")
-        now = _now()
+        now = clock()
         deadline = math.inf if timeout_s is None else now + timeout_s
         job = _Job([None] * len(payloads), len(payloads), deadline, len(payloads), sum(costs))
         if not payloads:
@@ -463,7 +464,7 @@ class Batcher(Generic[P, C, R]):
             ):
                 return
             oldest = self._window[0] if self._window else next(iter(self._queue.values()))[0]
-            wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - _now()
+            wait_s = oldest.enqueued_at + self.policy.max_wait_ms / 1000 - clock()
             if wait_s <= 0:
                 return
             with anyio.move_on_after(wait_s):
@@ -520,7 +521,7 @@ class Batcher(Generic[P, C, R]):
     def _fill_window(self) -> None:
         """Drop the items of jobs that ended or expired, then top the window up to
         ``window_items`` from the jobs behind it, in order."""
-        now = _now()
+        now = clock()
         expired: list[_Job] = []
         if self._window_stale:
             self._drop_ended_from_window()
@@ -589,13 +590,13 @@ class Batcher(Generic[P, C, R]):
                 outside.appendleft(entry)
 
     async def _collate(self, entries: list[_Entry], thread: _DedicatedThread) -> _Prepared:
-        started = _now()
+        started = clock()
         try:
             collated, rows = await thread.run(self._merge_and_collate, [e.payload for e in entries])
         except Exception:
             log.exception("collate_failed", items=len(entries))
             collated = rows = None
-        return _Prepared(entries, collated, rows, _now() - started)
+        return _Prepared(entries, collated, rows, clock() - started)
 
     def _merge_and_collate(self, payloads: list[Any]) -> tuple[Any, list[int] | None]:
         """(collated batch, rows): in a thread, since hashing a batch's payloads takes a while."""
@@ -617,7 +618,7 @@ class Batcher(Generic[P, C, R]):
 
         Never raises: a failure comes back in ``_Ran.error`` and the loop bisects the batch.
         """
-        now = _now()
+        now = clock()
         entries = [e for e in prepared.entries if not e.job.finished and e.job.deadline > now]
         if not entries:
             return _Ran(entries)
@@ -627,9 +628,9 @@ class Batcher(Generic[P, C, R]):
                 collating = time.perf_counter()
                 collated, rows = self._merge_and_collate([e.payload for e in entries])
                 collate_s += time.perf_counter() - collating
-            started = _now()
+            started = clock()
             outputs = self._runner.run(collated)
-            ended = _now()
+            ended = clock()
             expected = len(entries) if rows is None else max(rows) + 1
             if len(outputs) != expected:
                 raise RuntimeError(f"runner returned {len(outputs)} results for {expected} items")
@@ -643,7 +644,7 @@ class Batcher(Generic[P, C, R]):
         if len(ran) == len(taken):
             return
         self.stats.items_dropped += len(taken) - len(ran)
-        now = _now()
+        now = clock()
         for entry in taken:
             if not entry.job.finished and entry.job.deadline <= now:
                 self._finish(entry.job, DeadlineExceeded("expired before compute"))

@@ -547,7 +547,7 @@ async def test_a_job_dropped_while_its_items_wait_in_the_window_never_runs_and_t
 
 async def test_a_job_that_expires_in_the_window_times_out_and_the_jobs_behind_it_move_up(monkeypatch):
     clock = [time.monotonic()]
-    monkeypatch.setattr("batching.batcher._now", lambda: clock[0])
+    monkeypatch.setattr("batching.batcher.clock", lambda: clock[0])
     runner = FakeRunner()
     async with Batcher(runner, policy(max_batch_items=4, window_items=8)) as batcher:
         runner.hold()

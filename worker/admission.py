@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 
-from batching import Batcher, DeadlineExceeded, InvalidInput, ServiceError, Ticket, Unavailable
+from batching import Batcher, DeadlineExceeded, InvalidInput, ServiceError, Ticket, Unavailable, clock
 from worker.model import NliModel
 from worker.pairs import PairTokens
 from worker.tokenizing import Pair, PairTokenizer, premises_of
@@ -41,7 +41,7 @@ class _Admitted:
     hypotheses: list[tuple[int, ...]]
     timeout_s: float | None
     deadline: float
-    """``anyio.current_time()`` past which it ends ``timed_out`` (``math.inf``: none)."""
+    """``clock()`` past which it ends ``timed_out`` (``math.inf``: none)."""
     wait_for_room: bool
     settled: anyio.Event
     """Set once the pairs are in the batcher's queue (``ticket``) or never will be (``error``).
@@ -124,9 +124,9 @@ class QueuedPairs:
             if job.deadline == math.inf:
                 await settled.wait()
                 continue
-            with anyio.move_on_after(job.deadline - anyio.current_time()):
+            with anyio.move_on_after(job.deadline - clock()):
                 await settled.wait()
-            if job.ticket is None and job.error is None and anyio.current_time() >= job.deadline:
+            if job.ticket is None and job.error is None and clock() >= job.deadline:
                 job.error = DeadlineExceeded(f"no room in the queue within {job.timeout_s:g} s")
                 self._abandon()
 
@@ -190,7 +190,7 @@ class Admission:
                 raise Unavailable("the batcher is not running")
         else:
             self.batcher.check_admission(len(pairs), reserved_items=self.admitted_pairs)
-        deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+        deadline = math.inf if timeout_s is None else clock() + timeout_s
         job = _Admitted(pairs, self.tokenizer.hypotheses(pairs), timeout_s, deadline, wait_for_room, self._settled)
         self._admitted.append(job)
         self._admitted_pairs += len(pairs)
@@ -213,7 +213,7 @@ class Admission:
                 raise Unavailable("the batcher is not running")
         else:
             self.batcher.check_admission(len(tokens), token_count, reserved_items=self.admitted_pairs)
-        deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+        deadline = math.inf if timeout_s is None else clock() + timeout_s
         # ``settled`` is awaited only by a job held for room, which gets its own event there.
         job = _Admitted(tokens, [], timeout_s, deadline, wait_for_room, self._settled, list(tokens), costs, token_count)
         if wait_for_room and (self._waiting or not self.batcher.has_room(len(tokens), token_count)):
@@ -315,7 +315,7 @@ class Admission:
 
     def _enqueue(self, job: _Admitted) -> None:
         assert job.tokens is not None and job.costs is not None
-        timeout_s = None if job.deadline == math.inf else max(job.deadline - anyio.current_time(), 0.0)
+        timeout_s = None if job.deadline == math.inf else max(job.deadline - clock(), 0.0)
         try:
             job.ticket = self.batcher.enqueue(job.tokens, job.costs, timeout_s=timeout_s)
         except Exception as err:  # Overloaded on tokens, or Unavailable: this job's error
