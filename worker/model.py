@@ -14,7 +14,6 @@ import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -262,22 +261,22 @@ class NliModel:
     def collate(self, pairs: Sequence[PairTokens]) -> Collated:
         """Pad a batch into CPU tensors (pinned on CUDA so ``run`` copies asynchronously).
 
-        Rows are filled in one numpy call from one flat stream of every pair's ids (what
+        Rows are filled in one numpy call from one flat list of every pair's ids (what
         ``assemble`` builds pair by pair), not row by row: collation holds the GIL, and every
         microsecond of it is one the event loop and the model thread wait.
         """
         if not pairs:
             raise ValueError("cannot collate an empty batch")
-        padded_len = self.padded_length(max(p.length for p in pairs))
-        lengths = np.fromiter((p.length for p in pairs), dtype=np.int64, count=len(pairs))
+        lengths = np.fromiter([p.length for p in pairs], dtype=np.int64, count=len(pairs))
+        padded_len = self.padded_length(int(lengths.max()))
         real_tokens = int(lengths.sum())
         filled = np.arange(padded_len) < lengths[:, None]  # row-major: each row's first `length` slots
         input_ids = np.full((len(pairs), padded_len), self._pad_id, dtype=np.int64)
-        input_ids[filled] = np.fromiter(chain.from_iterable(self.layout.id_segments(pairs)), np.int64, real_tokens)
+        input_ids[filled] = np.fromiter(self.layout.flat_ids(pairs), np.int64, real_tokens)
         token_types = None
         if self._uses_token_types:
             token_types = np.full((len(pairs), padded_len), self._pad_type, dtype=np.int64)
-            token_types[filled] = np.fromiter(chain.from_iterable(self.layout.type_segments(pairs)), np.int64, real_tokens)
+            token_types[filled] = np.fromiter(self.layout.flat_types(pairs), np.int64, real_tokens)
         tensors = [torch.from_numpy(input_ids), torch.from_numpy(filled.astype(np.int64))]
         tensors.append(torch.from_numpy(token_types) if token_types is not None else None)
         if self.device.type == "cuda":
