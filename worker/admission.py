@@ -102,11 +102,12 @@ class QueuedPairs:
         room, not refused): ``when_done`` can follow them."""
         return self._job.ticket is not None
 
-    def when_done(self, callback: Callable[[np.ndarray | None, ServiceError | None], None]) -> None:
-        """For pairs ``in_queue``: call ``callback(logits, error)`` once they end, instead of
-        awaiting ``logits()`` (``Ticket.when_done``); ``(None, None)`` once ``drop``ped."""
+    def when_done(self, callback: Callable[[list[np.ndarray] | None, ServiceError | None], None]) -> None:
+        """For pairs ``in_queue``: call ``callback(rows, error)`` once they end, instead of
+        awaiting ``logits()`` (``Ticket.when_done``): each pair's row of logits, unstacked, for
+        a caller that copies them out anyway; ``(None, None)`` once ``drop``ped."""
         assert self._job.ticket is not None
-        self._job.ticket.when_done(lambda rows, error: callback(None if rows is None else self._stacked(rows), error))
+        self._job.ticket.when_done(callback)
 
     def drop(self) -> None:
         """Give the job up wherever it is, without waiting."""

@@ -52,31 +52,42 @@ async def receive(stream: ByteReceiveStream, kind: type[M]) -> AsyncIterator[M]:
 
 
 class Sender(Generic[M]):
-    """Sends messages without waiting: ``send`` buffers, ``run`` writes what has gathered in
-    one call, so the replies to a burst's jobs leave in a few writes, not one each."""
+    """Sends messages without waiting: ``send`` queues, ``run`` encodes and writes what has
+    gathered in one call, so the replies to a burst's jobs leave in a few writes, not one each.
+    Until then the last message queued can still grow (``last``): a run of answers of one kind
+    becomes one message."""
 
     def __init__(self, stream: ByteSendStream) -> None:
         self._stream = stream
         self._encoder = msgspec.msgpack.Encoder()
-        self._pending = bytearray()
+        self._pending: list[M] = []
         self._ready = anyio.Event()
         self.closed = False
 
     def send(self, message: M) -> None:
         if self.closed:
             return
-        encoded = self._encoder.encode(message)
-        self._pending += len(encoded).to_bytes(_HEADER, "little")
-        self._pending += encoded
+        self._pending.append(message)
         self._ready.set()
+
+    @property
+    def last(self) -> M | None:
+        """The last message queued and not written yet, which a caller may still add to."""
+        return self._pending[-1] if self._pending else None
 
     async def run(self) -> None:
         """Write until the stream breaks or this is cancelled."""
+        encode = self._encoder.encode
         try:
             while True:
                 await self._ready.wait()
                 self._ready = anyio.Event()
-                data, self._pending = bytes(self._pending), bytearray()
+                messages, self._pending = self._pending, []
+                data = bytearray()
+                for message in messages:
+                    encoded = encode(message)
+                    data += len(encoded).to_bytes(_HEADER, "little")
+                    data += encoded
                 await self._stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass

@@ -2,21 +2,27 @@
 
 A job's pairs travel as token ids, not text: every distinct id sequence of the job once, each as
 one ``int32`` buffer, and each pair as three integers (its premise's sequence, its hypothesis's,
-its assembled length). Its logits come back as one ``float32`` buffer of pairs x labels. Neither
-side builds a Python object per token to send them, and the model process builds a sequence's
-tuple once for every job that sends it (``SequenceCache``).
+its assembled length). Its logits come back as ``float32`` rows, pairs x labels. Neither side
+builds a Python object per token to send them, and the model process builds a sequence's tuple
+once for every job that sends it (``SequenceCache``).
+
+The model process's answers of one kind that follow each other before its next write go as one
+message: the jobs accepted from one read of the socket (``Accepted``), the jobs a batch finished
+(``Results``, their rows in one buffer). A front's jobs take a message each (``Submit``), but a
+loop tick's leave in one write.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import msgspec
 import numpy as np
 
 from batching import DeadlineExceeded, InferenceFailed, InvalidInput, Overloaded, ServiceError, Unavailable
 from worker.pairs import PairTokens
+from worker.split.frames import Sender
 
 
 class Submit(msgspec.Struct, tag=True, array_like=True):
@@ -73,15 +79,19 @@ class Hello(msgspec.Struct, tag=True, array_like=True):
 
 
 class Accepted(msgspec.Struct, tag=True, array_like=True):
-    """The job's pairs are in the shared queue: it will not be refused for lack of room."""
+    """These jobs' pairs are in the shared queue: they will not be refused for lack of room."""
 
-    job: int
+    jobs: list[int]
 
 
-class Result(msgspec.Struct, tag=True, array_like=True):
-    job: int
-    logits: bytes
-    """``float32`` [pairs, labels], row-major."""
+class Results(msgspec.Struct, tag=True, array_like=True):
+    """How these jobs ended well: each one's logits, one job after another."""
+
+    jobs: list[int]
+    pairs: list[int]
+    """Each job's number of pairs: its rows of ``logits``."""
+    logits: bytearray
+    """``float32`` [pairs, labels], row-major, every job's rows in ``jobs``' order."""
 
 
 class Failed(msgspec.Struct, tag=True, array_like=True):
@@ -94,7 +104,7 @@ class Failed(msgspec.Struct, tag=True, array_like=True):
 
 
 ToModel = Submit | Cancel | Ping | Scrape
-ToFront = Accepted | Result | Failed | Pong | Exposition | Hello
+ToFront = Accepted | Results | Failed | Pong | Exposition | Hello
 
 _ERRORS: dict[str, type[ServiceError]] = {
     cls.code: cls for cls in (InvalidInput, Overloaded, Unavailable, DeadlineExceeded, InferenceFailed)
@@ -127,8 +137,9 @@ class SequenceCache:
         if len(tuples) > self.size:
             tuples.clear()
         sequences = [tuples.get(key) or self._add(key) for key in message.sequences]
-        flat = message.pairs
-        return [PairTokens(sequences[p], sequences[h], n) for p, h, n in zip(flat[::3], flat[1::3], flat[2::3])]
+        triples = iter(message.pairs)
+        make = PairTokens._make
+        return [make((sequences[p], sequences[h], n)) for p, h, n in zip(triples, triples, triples)]
 
     def _add(self, key: bytes) -> tuple[int, ...]:
         ids = array("i")
@@ -149,6 +160,32 @@ def error_of(message: Failed) -> ServiceError:
     return cls(message.message)
 
 
-def logits_of(message: Result, labels: int) -> np.ndarray:
-    """A ``Result``'s logits, ``[pairs, labels]`` float32 (a writable copy of the buffer)."""
-    return np.frombuffer(message.logits, np.float32).reshape(-1, labels).copy()
+def accept(sender: Sender[ToFront], job: int) -> None:
+    """Send ``Accepted`` for ``job``: added to the one just queued, if it is one."""
+    last = sender.last
+    if type(last) is Accepted:
+        last.jobs.append(job)
+    else:
+        sender.send(Accepted([job]))
+
+
+def answer(sender: Sender[ToFront], job: int, rows: Sequence[np.ndarray]) -> None:
+    """Send ``job``'s logits (a ``float32`` row a pair, as ``NliModel.run`` gives them): added
+    to the ``Results`` just queued, if it is one, so a batch's jobs go back in one message."""
+    last = sender.last
+    if type(last) is not Results:
+        last = Results([], [], bytearray())
+        sender.send(last)
+    last.jobs.append(job)
+    last.pairs.append(len(rows))
+    last.logits += b"".join(rows)  # bytes-like rows joined in C (a ndarray's += would add them)
+
+
+def logits_of(message: Results, labels: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Each job of a ``Results`` with its logits, ``[pairs, labels]`` float32 (writable views of
+    the message's buffer, one job's apart from another's)."""
+    logits = np.frombuffer(message.logits, np.float32).reshape(-1, labels)
+    start = 0
+    for job, pairs in zip(message.jobs, message.pairs):
+        yield job, logits[start : start + pairs]
+        start += pairs

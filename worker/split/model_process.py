@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
 from worker.split.messages import (
-    Accepted, Exposition, Failed, Hello, Ping, Pong, Result, Scrape, SequenceCache, Submit, ToFront, ToModel, failed,
+    Exposition, Failed, Hello, Ping, Pong, Scrape, SequenceCache, Submit, ToFront, ToModel, accept, answer, failed,
 )  # fmt: skip
 
 log = structlog.get_logger("worker.split.model_process")
@@ -93,7 +93,7 @@ class ModelServer:
             sender.send(failed(job, ServiceError("the model process could not read the job")))
             return
         if queued.in_queue:  # the usual case: followed without a task of its own
-            sender.send(Accepted(job))
+            accept(sender, job)
             jobs[job] = queued.drop
             queued.when_done(partial(self._answer, job, sender, jobs))
         else:  # waiting for room: the waiting room's clock and order need a task
@@ -103,14 +103,14 @@ class ModelServer:
 
     def _answer(
         self, job: int, sender: Sender[ToFront], jobs: dict[int, Callable[[], None]],
-        logits: np.ndarray | None, error: ServiceError | None,
+        rows: Sequence[np.ndarray] | None, error: ServiceError | None,
     ) -> None:  # fmt: skip
         """Send how a job ended: its logits, or its error; nothing for a job its front gave up."""
         jobs.pop(job, None)
         if error is not None:
             sender.send(failed(job, error))
-        elif logits is not None:
-            sender.send(Result(job, np.ascontiguousarray(logits, dtype=np.float32).tobytes()))
+        elif rows is not None:
+            answer(sender, job, rows)
 
     async def _wait_for_room(
         self, job: int, queued: QueuedPairs, scope: anyio.CancelScope, sender: Sender[ToFront],
@@ -120,7 +120,7 @@ class ModelServer:
         with scope:
             try:
                 await queued.accepted()
-                sender.send(Accepted(job))
+                accept(sender, job)
                 logits = await queued.logits()
             except ServiceError as err:
                 self._answer(job, sender, jobs, None, err)

@@ -35,7 +35,7 @@ from worker.model import NliModel
 from worker.settings import Settings
 from worker.split.frames import FrameError, Sender, receive
 from worker.split.messages import (
-    Accepted, Cancel, Exposition, Failed, Hello, Ping, Pong, Result, Scrape, ToFront, ToModel, error_of, logits_of,
+    Accepted, Cancel, Exposition, Hello, Ping, Pong, Results, Scrape, ToFront, ToModel, error_of, logits_of,
     submit,
 )  # fmt: skip
 from worker.tokenizing import Pair, PairTokenizer, premises_of
@@ -367,9 +367,14 @@ class RemoteEngine:
         jobs = self._jobs
         try:
             async for message in messages:
-                if isinstance(message, Accepted):
-                    if (job := jobs.get(message.job)) is not None:
-                        job.accept()
+                if isinstance(message, Results):
+                    for key, logits in logits_of(message, labels):
+                        if (job := jobs.pop(key, None)) is not None:
+                            job.end(None, logits)
+                elif isinstance(message, Accepted):
+                    for key in message.jobs:
+                        if (job := jobs.get(key)) is not None:
+                            job.accept()
                 elif isinstance(message, (Pong, Exposition)):
                     if (question := self._questions.pop(message.key, None)) is not None:
                         question.answer = message
@@ -377,16 +382,12 @@ class RemoteEngine:
                 elif isinstance(message, Hello):
                     self.hello = message
                 elif (job := jobs.pop(message.job, None)) is not None:
-                    if isinstance(message, Result):
-                        job.end(None, logits_of(message, labels))
+                    error = error_of(message)
+                    # A stopping model process fails what it holds before its socket goes.
+                    if self.rerun_lost and isinstance(error, Unavailable):
+                        self._lose(job)
                     else:
-                        assert isinstance(message, Failed)
-                        error = error_of(message)
-                        # A stopping model process fails what it holds before its socket goes.
-                        if self.rerun_lost and isinstance(error, Unavailable):
-                            self._lose(job)
-                        else:
-                            job.end(error)
+                        job.end(error)
         except FrameError as err:
             log.error("model_process_sent_garbage", error=str(err))
 
