@@ -43,6 +43,7 @@ from itertools import compress, count, repeat
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
+import numpy as np
 import structlog
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
@@ -706,16 +707,17 @@ class Batcher(Generic[P, C, R]):
         if rows is not None:  # the tokens that ran: each distinct payload's once
             costs = list({row: cost for row, cost in zip(rows, costs)}.values())
         padded_len = padded_length(max(costs), self.policy.length_multiple, self.policy.max_padded_len)
-        first_queued = min(e.enqueued_at for e in entries)
+        enqueued_at = np.fromiter([e.enqueued_at for e in entries], np.float64, len(entries))
+        first_queued = float(enqueued_at.min())
         idle_since = max(self._last_batch_end or first_queued, first_queued)
         batch = BatchStats(
             items=len(entries),
             merged_items=len(entries) - len(costs),
-            jobs=len({id(e.job) for e in entries}),
+            jobs=len({e.job for e in entries}),
             real_tokens=sum(costs),
             padded_tokens=padded_len * len(costs),
             padded_len=padded_len,
-            queue_wait_s=tuple(max(0.0, started - e.enqueued_at) for e in entries),
+            queue_wait_s=np.maximum(started - enqueued_at, 0.0),
             collate_s=collate_s,
             compute_s=ended - started,
             idle_gap_s=max(0.0, started - idle_since),

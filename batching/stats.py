@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BatchStats:
@@ -19,8 +21,8 @@ class BatchStats:
     padded_tokens: int
     """Rows that ran × ``padded_len``."""
     padded_len: int
-    queue_wait_s: tuple[float, ...]
-    """Per item: from submission to the start of this batch's compute."""
+    queue_wait_s: np.ndarray
+    """Per item: from submission to the start of this batch's compute (float64)."""
     collate_s: float
     compute_s: float
     idle_gap_s: float

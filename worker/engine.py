@@ -174,5 +174,5 @@ def _log_batch(batch: BatchStats) -> None:
         compute_ms=round(batch.compute_s * 1e3, 2),
         collate_ms=round(batch.collate_s * 1e3, 2),
         idle_gap_ms=round(batch.idle_gap_s * 1e3, 2),
-        max_queue_wait_ms=round(max(batch.queue_wait_s, default=0.0) * 1e3, 2),
+        max_queue_wait_ms=round(float(batch.queue_wait_s.max(initial=0.0)) * 1e3, 2),
     )
