@@ -154,6 +154,37 @@ async def test_a_job_whose_deadline_is_shorter_than_a_round_trip_is_accepted_and
                 await job.logits()
 
 
+async def test_answers_of_one_kind_go_as_one_message_in_order_each_job_with_its_own_rows(tmp_path):
+    from batching import Overloaded
+    from worker.split.frames import Sender, receive
+    from worker.split.messages import Accepted, Failed, Results, ToFront, accept, answer, failed, logits_of
+
+    rows = np.arange(15, dtype=np.float32).reshape(5, 3)
+    async with await anyio.create_unix_listener(tmp_path / "s.sock") as listener:
+        async with await anyio.connect_unix(tmp_path / "s.sock") as front, await listener.accept() as model:
+            sender: Sender[ToFront] = Sender(model)
+            accept(sender, 1)
+            accept(sender, 2)
+            answer(sender, 1, list(rows[:1]))
+            sender.send(failed(3, Overloaded("queue full", retry_after_s=1.0)))
+            accept(sender, 4)
+            answer(sender, 2, list(rows[1:3]))
+            answer(sender, 4, list(rows[3:]))
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(sender.run)
+                with anyio.fail_after(10):
+                    replies = receive(front, ToFront)
+                    got = [await anext(replies) for _ in range(5)]
+                tasks.cancel_scope.cancel()
+    assert [type(message) for message in got] == [Accepted, Results, Failed, Accepted, Results]
+    assert got[0].jobs == [1, 2] and got[3].jobs == [4]  # each job accepted before it ends, as sent
+    assert got[2].job == 3
+    ended = [dict(logits_of(got[1], 3)), dict(logits_of(got[4], 3))]
+    assert list(ended[0]) == [1] and list(ended[1]) == [2, 4]
+    assert ended[0][1].tolist() == rows[:1].tolist()
+    assert ended[1][2].tolist() == rows[1:3].tolist() and ended[1][4].tolist() == rows[3:].tolist()
+
+
 async def test_garbage_on_the_model_socket_ends_only_that_connection(tiny_model):
     import msgspec
 
