@@ -160,10 +160,17 @@ def error_of(message: Failed) -> ServiceError:
     return cls(message.message)
 
 
+MERGED_JOBS = 65_536
+"""The most jobs one ``Accepted`` names; past it a new one starts."""
+MERGED_LOGITS_BYTES = 1 << 20
+"""A ``Results`` whose logits reach this takes no more jobs: a front that reads slowly while its
+jobs keep finishing gets many messages, never one past ``frames.MAX_FRAME_BYTES``."""
+
+
 def accept(sender: Sender[ToFront], job: int) -> None:
     """Send ``Accepted`` for ``job``: added to the one just queued, if it is one."""
     last = sender.last
-    if type(last) is Accepted:
+    if type(last) is Accepted and len(last.jobs) < MERGED_JOBS:
         last.jobs.append(job)
     else:
         sender.send(Accepted([job]))
@@ -173,7 +180,7 @@ def answer(sender: Sender[ToFront], job: int, rows: Sequence[np.ndarray]) -> Non
     """Send ``job``'s logits (a ``float32`` row a pair, as ``NliModel.run`` gives them): added
     to the ``Results`` just queued, if it is one, so a batch's jobs go back in one message."""
     last = sender.last
-    if type(last) is not Results:
+    if type(last) is not Results or len(last.logits) >= MERGED_LOGITS_BYTES:
         last = Results([], [], bytearray())
         sender.send(last)
     last.jobs.append(job)
