@@ -167,7 +167,7 @@ class PairLayout:
         twice as long."""
         template = self.template
         prefix, middle, suffix = template.prefix_ids, template.middle_ids, template.suffix_ids
-        room = self.max_length - template.num_special_tokens
+        room = self.premise_room(0)  # a premise's room beside a hypothesis of h tokens: room - h
         ids: list[int] = []
         extend = ids.extend
         for premise, hypothesis, _ in pairs:
@@ -183,7 +183,7 @@ class PairLayout:
         template = self.template
         prefix, middle, suffix = template.prefix_types, template.middle_types, template.suffix_types
         first, second = [template.first_type], [template.second_type]
-        room = self.max_length - template.num_special_tokens
+        room = self.premise_room(0)  # a premise's room beside a hypothesis of h tokens: room - h
         types: list[int] = []
         extend = types.extend
         for premise, hypothesis, _ in pairs:
